@@ -1,0 +1,163 @@
+"""The ``cascade`` command.
+
+    cascade train [HYDRA OVERRIDES...]   run a cascade (a Hydra app: -m sweeps, --cfg job, ...)
+    cascade plugins [--json]             every plugin, its version and what it provides
+    cascade report RUN_DIR               rebuild report.json / report.md of a run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from cascade.config import ConfigError, describe_error, register_configs
+from cascade.plugins import PluginError, PluginManager
+from cascade.report import is_complete
+
+USAGE = __doc__
+
+_plugins: PluginManager | None = None
+
+
+def plugins() -> PluginManager:
+    """The process's plugin manager (loaded once; Hydra launchers may call the task in new processes)."""
+    global _plugins
+    if _plugins is None:
+        _plugins = PluginManager().load()
+    return _plugins
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.strip())
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            return train(rest)
+        if command == "plugins":
+            return show_plugins(rest)
+        if command == "report":
+            return rebuild_report(rest)
+    except (ConfigError, PluginError) as exc:
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"cascade: unknown command '{command}' (commands: train, plugins, report)", file=sys.stderr)
+    return 2
+
+
+# ---- train -------------------------------------------------------------------------------------------
+
+
+def train(overrides: list[str]) -> int:
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    searchpaths = plugins().config_searchpaths()
+    overrides = _with_searchpaths(overrides, searchpaths)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let config errors reach us, so we can name the valid keys
+    app = hydra.main(version_base="1.3", config_path="pkg://cascade.conf", config_name="config")(run_task)
+    saved_argv = sys.argv
+    sys.argv = ["cascade train", *overrides]
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"cascade: config error: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+def run_task(cfg) -> None:
+    """Hydra's task function: one run of one cascade (one job of a sweep)."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    from cascade.runner import CascadeRunner
+
+    torch.set_num_threads(cfg.threads)
+    run_dir = resolve_run_dir(cfg, Path(HydraConfig.get().runtime.output_dir))
+    CascadeRunner(cfg, plugins(), run_dir).run()
+
+
+def resolve_run_dir(cfg, fresh: Path) -> Path:
+    """``resume=true``: the newest unfinished run of this cascade; ``resume=DIR``: that run."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    if cfg.resume in (False, None, "false"):
+        return fresh
+    if cfg.resume is not True and cfg.resume != "true":
+        path = Path(str(cfg.resume))
+        if not (path / "checkpoints" / "index.json").exists():
+            raise ConfigError(f"resume={path}: not a cascade run directory (no checkpoints/index.json)")
+        return path
+    for candidate in sorted(fresh.parent.iterdir(), reverse=True):
+        if (candidate / "checkpoints" / "index.json").exists() and not is_complete(candidate):
+            return candidate
+    raise ConfigError(f"resume=true: no unfinished run of cascade '{cfg.cascade.name}' under {fresh.parent}")
+
+
+def _with_searchpaths(overrides: list[str], searchpaths: list[str]) -> list[str]:
+    """Add the plugins' config directories to Hydra's search path (after the user's own, if any)."""
+    if not searchpaths:
+        return overrides
+    for i, arg in enumerate(overrides):
+        if arg.startswith("hydra.searchpath=[") and arg.endswith("]"):
+            inner = arg[len("hydra.searchpath=["):-1]
+            return overrides[:i] + [f"hydra.searchpath=[{inner + ',' if inner else ''}{','.join(searchpaths)}]"] + overrides[i + 1:]
+    return [*overrides, f"hydra.searchpath=[{','.join(searchpaths)}]"]
+
+
+# ---- plugins / report -----------------------------------------------------------------------------------
+
+
+def show_plugins(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cascade plugins", description="List plugins and what they provide.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    opts = parser.parse_args(args)
+    described = plugins().describe()
+    if opts.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="cascade plugins", show_lines=True)
+    for column in ("plugin", "distribution", "provides", "hooks"):
+        table.add_column(column)
+    for info in described:
+        provides = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in info["provides"].items() if names)
+        if info["config_searchpaths"]:
+            provides += ("\n" if provides else "") + "config: " + ", ".join(info["config_searchpaths"])
+        hooks = "\n".join(h for h in info["hooks"] if h not in _provider_hook_names())
+        table.add_row(f"{info['name']}\n[dim]{info['module']}[/dim]", f"{info['distribution']} {info['version']}", provides, hooks)
+    Console().print(table)
+    return 0
+
+
+def _provider_hook_names() -> set[str]:
+    from cascade.plugins import PROVIDER_HOOKS
+
+    return {*PROVIDER_HOOKS, "cascade_config_searchpaths"}
+
+
+def rebuild_report(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cascade report", description="Rebuild the report of a run.")
+    parser.add_argument("run_dir", type=Path)
+    opts = parser.parse_args(args)
+    from cascade.report import rebuild
+
+    report = rebuild(opts.run_dir)
+    print(f"wrote {opts.run_dir / 'report.json'} and {opts.run_dir / 'report.md'} ({len(report['scores'])} stages)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Structured configs: the schema Hydra checks every YAML file and command-line override against.
+
+The YAML groups in ``conf/`` (and in plugins' config search paths) fill these dataclasses::
+
+    cascade train cascade=smoke seed=3 cascade.stages.math_grpo.params.lr=1e-6
+    cascade train -m cascade.stages.math_grpo.params.lr=1e-6,3e-6      # a sweep: one run per value
+
+Options of a stage type (``params``), an environment or a reward are the plugin's own; they are
+checked against the plugin's ``Config`` dataclass when the runner builds the cascade, before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config names something that does not exist or sets a value that cannot work."""
+
+
+@dataclass
+class EvalConfig:
+    n: int = 64
+    """Held-out samples per domain."""
+    temperature: float = 0.0
+    """0 = greedy pass@1; above 0, sampled pass@1."""
+    max_new_tokens: int = 128
+    batch_size: int = 32
+
+
+@dataclass
+class DomainConfig:
+    """One domain: where its prompts come from and how answers are scored."""
+
+    environment: str = MISSING
+    environment_options: Dict[str, Any] = field(default_factory=dict)
+    reward: str = MISSING
+    reward_options: Dict[str, Any] = field(default_factory=dict)
+    eval: Dict[str, Any] = field(default_factory=dict)
+    """Per-domain overrides of the top-level ``eval`` settings."""
+
+
+@dataclass
+class StageConfig:
+    type: str = MISSING
+    """A stage type provided by a plugin (``cascade plugins`` lists them)."""
+    domains: List[str] = field(default_factory=list)
+    """Domains this stage trains on; empty = every domain of the cascade."""
+    params: Dict[str, Any] = field(default_factory=dict)
+    """Options of the stage type, checked against its ``Config``."""
+    wrap: Dict[str, Any] = field(default_factory=dict)
+    """Wrappers to apply, ``{name: {options}}`` (e.g. ``mopd``)."""
+
+
+@dataclass
+class CascadeConfig:
+    name: str = "custom"
+    domains: Dict[str, DomainConfig] = field(default_factory=dict)
+    stages: Dict[str, StageConfig] = field(default_factory=dict)
+    order: Optional[List[str]] = None
+    """Stage names in the order to run them; default: the order ``stages`` lists them."""
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None
+    """A Hugging Face model directory to start from; None builds ``arch`` from scratch."""
+    arch: str = "tiny_nemotron_h"
+    options: Dict[str, Any] = field(default_factory=dict)
+    """Architecture options for a from-scratch model (sizes, layer pattern, tokenizer size...)."""
+    dtype: str = "float32"
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AppConfig:
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    loggers: Dict[str, Any] = field(default_factory=dict)
+    """Enabled loggers, ``{name: {options}}``; remove one with ``~loggers.wandb``."""
+    seed: int = 0
+    run_dir: Optional[str] = None
+    """Where the run writes; default: Hydra's output directory."""
+    resume: Any = False
+    """``true``: continue the newest unfinished run of this cascade; or the run directory to continue."""
+    threads: int = 1
+    """torch threads; more than one on a small shared CPU is much slower."""
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="app_schema", node=AppConfig)
+    cs.store(group="cascade", name="cascade_schema", node=CascadeConfig)
+
+
+def validate_options(schema: type, options: Any, where: str) -> Any:
+    """Merge ``options`` into the dataclass ``schema``; an unknown key names the valid ones."""
+    if not dataclasses.is_dataclass(schema):
+        return OmegaConf.create(options or {})
+    base = OmegaConf.structured(schema)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(base, options or {}))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {describe_error(exc, schema)}") from None
+
+
+def describe_error(exc: BaseException, schema: type | None = None) -> str:
+    """One line for a config error: the bad key, a close match and the valid keys at that level."""
+    for err in _chain(exc):
+        full_key = getattr(err, "full_key", None) or getattr(err, "key", None)
+        if not isinstance(err, OmegaConfBaseException) or not full_key:
+            continue
+        message = str(getattr(err, "msg", err)).splitlines()[0]
+        parts = str(full_key).split(".")
+        bad, parent = parts[-1], parts[:-1]
+        valid = valid_keys(schema or AppConfig, parent)
+        if valid is not None and bad not in valid:
+            close = difflib.get_close_matches(bad, valid, n=1)
+            hint = f"; did you mean '{'.'.join(parent + [close[0]])}'?" if close else ""
+            where = f" under '{'.'.join(parent)}'" if parent else ""
+            return f"unknown config key '{full_key}'{hint} Valid keys{where}: {', '.join(sorted(valid))}"
+        if "not in struct" in message:  # a free-form node (stage params, options): its owner checks names
+            return (f"config key '{full_key}' is not set by the composed config; to add it, write "
+                    f"'+{full_key}=...' (the plugin that reads it checks the name)")
+        return f"bad value for '{full_key}': {message}"
+    return str(exc).strip()
+
+
+def valid_keys(schema: type, path: list[str]) -> list[str] | None:
+    """Field names of the dataclass found at ``path`` under ``schema`` (None if free-form)."""
+    node: Any = schema
+    for part in path:
+        if dataclasses.is_dataclass(node):
+            hints = typing.get_type_hints(node)
+            if part not in hints:
+                return None
+            node = hints[part]
+        elif typing.get_origin(node) in (dict, Dict):
+            node = typing.get_args(node)[1]
+        else:
+            return None
+    if not dataclasses.is_dataclass(node):
+        return None
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _chain(exc: BaseException):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def compose(overrides: list[str] = (), searchpaths: list[str] = ()) -> DictConfig:
+    """The config ``cascade train OVERRIDES`` would run, for notebooks and tests (no run directory)."""
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    register_configs()
+    overrides = list(overrides) + ([f"hydra.searchpath=[{','.join(searchpaths)}]"] if searchpaths else [])
+    with initialize_config_module(config_module="cascade.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)

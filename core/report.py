@@ -1,0 +1,86 @@
+"""``report.json`` (for machines) and ``report.md`` (for people) in the run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cascade.io import write_json_atomic, write_text_atomic
+from cascade.registry import Registry
+
+
+def write_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[str, Any]:
+    """Written after every stage; ``complete`` turns true when every planned stage is done."""
+    matrix = registry.scores_matrix()
+    domains = list(config.cascade.domains)
+    plan = planned_stages(config)
+    report = {
+        "cascade": config.cascade.name,
+        "complete": all(p["name"] in registry for p in plan),
+        "run_dir": str(run_dir),
+        "domains": domains,
+        "stages": [{**p, "metrics": registry[p["name"]].metrics} for p in plan if p["name"] in registry],
+        "scores": matrix,
+        "gains": gains(matrix, domains),
+        "details": {stage: e.details for stage, e in registry.entries.items()},
+        "checkpoints": {stage: e.checkpoint.to_dict() for stage, e in registry.entries.items()},
+        "seconds": {s: e.metrics.get("seconds", 0.0) for s, e in registry.entries.items()},
+        "config": OmegaConf.to_container(config, resolve=True),
+    }
+    write_json_atomic(Path(run_dir) / "report.json", report)
+    write_text_atomic(Path(run_dir) / "report.md", render_markdown(report))
+    return report
+
+
+def gains(matrix: dict[str, dict[str, float]], domains: list[str]) -> dict[str, dict[str, float]]:
+    """Per stage and domain: change from the previous stage (negative = forgetting)."""
+    rows = list(matrix.items())
+    return {
+        stage: {d: round(scores[d] - prev[d], 6) for d in domains if d in scores and d in prev}
+        for (_, prev), (stage, scores) in zip(rows, rows[1:])
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    domains = report["domains"]
+    status = "complete" if report["complete"] else "incomplete (resume with `resume=true`)"
+    lines = [f"# Cascade `{report['cascade']}`", "", f"Run directory: `{report['run_dir']}` ({status})", "",
+             "## Held-out score per domain after each stage", "",
+             "| stage | " + " | ".join(domains) + " | seconds |", "|---|" + "---:|" * (len(domains) + 1)]
+    for stage, scores in report["scores"].items():
+        cells = []
+        for d in domains:
+            delta = report["gains"].get(stage, {}).get(d)
+            cells.append(f"{scores[d]:.3f}" + (f" ({delta:+.3f})" if delta is not None else ""))
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {report['seconds'].get(stage, 0.0):.1f} |")
+    lines += ["", "In parentheses: change from the previous stage (negative = forgetting).", "", "## Stages", ""]
+    for stage in report["stages"]:
+        last = stage["metrics"].get("last", {})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, (int, float)) and k != "step")
+        lines.append(f"- **{stage['name']}** ({stage['type']}, domains: {', '.join(stage['domains'])}): "
+                     f"{stage['metrics'].get('steps', 0)} steps" + (f"; last step: {shown}" if shown else ""))
+    lines += ["", "Checkpoints: `checkpoints/`; machine-readable: `report.json`.", ""]
+    return "\n".join(lines)
+
+
+def planned_stages(config: DictConfig) -> list[dict[str, Any]]:
+    cascade = config.cascade
+    order = list(cascade.order) if cascade.order is not None else list(cascade.stages)
+    return [{"name": n, "type": cascade.stages[n].type, "domains": list(cascade.stages[n].domains) or list(cascade.domains)} for n in order]
+
+
+def is_complete(run_dir: Path) -> bool:
+    path = Path(run_dir) / "report.json"
+    return path.exists() and json.loads(path.read_text()).get("complete", False)
+
+
+def rebuild(run_dir: Path) -> dict[str, Any]:
+    """Regenerate the report from what the run saved (its config and checkpoint index)."""
+    run_dir = Path(run_dir)
+    index = run_dir / "checkpoints" / "index.json"
+    if not index.exists():
+        raise FileNotFoundError(f"{run_dir} is not a cascade run directory (no {index.relative_to(run_dir)})")
+    return write_report(run_dir, OmegaConf.load(run_dir / "config.yaml"), Registry(index))

@@ -1,0 +1,1 @@
+"""Console, JSONL and wandb loggers for cascade-rl."""

@@ -1,0 +1,117 @@
+"""The cascade runner: scores matrix, reports, resume after kill -9, refusal to resume a changed run."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from conftest import TOY_ARGS, run_cascade
+
+from cascade.config import ConfigError, compose
+from cascade.plugins import PluginManager
+from cascade.registry import Registry
+from cascade.runner import CascadeRunner
+
+
+def toy_runner(tmp_path, *overrides):
+    plugins = PluginManager().load()
+    config = compose([*TOY_ARGS, *overrides], plugins.config_searchpaths())
+    return CascadeRunner(config, plugins, tmp_path / "run")
+
+
+def report(run_dir):
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def test_every_domain_scored_after_every_stage(tmp_path, toy_env):
+    result = toy_runner(tmp_path).run()
+    assert list(result["scores"]) == ["init", "learn_add", "learn_mul"]
+    assert all(set(row) == {"add", "mul"} for row in result["scores"].values())
+    # each stage improves its own domain and leaves the other alone (the toy has no forgetting)
+    assert result["gains"]["learn_add"]["add"] > 0 and result["gains"]["learn_add"]["mul"] == 0
+    assert result["gains"]["learn_mul"]["mul"] > 0 and result["gains"]["learn_mul"]["add"] == 0
+    assert result["complete"] is True
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| learn_add |" in md and "(+" in md
+    # every stage's checkpoint is kept and indexed for later stages (MOPD's teachers)
+    registry = Registry(tmp_path / "run" / "checkpoints" / "index.json")
+    assert registry.best("add").checkpoint.stage in ("learn_add", "learn_mul")
+    assert registry.best("mul").checkpoint.stage == "learn_mul"
+    assert all(e.checkpoint.lineage == "toy_table-seed0" for e in registry.entries.values())
+    history = (tmp_path / "run" / "stages" / "01_learn_add" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in history] == list(range(1, 11))
+
+
+def test_order_is_a_config_choice(tmp_path, toy_env):
+    result = toy_runner(tmp_path, "cascade.order=[learn_mul,learn_add]").run()
+    assert list(result["scores"]) == ["init", "learn_mul", "learn_add"]
+
+
+@pytest.mark.parametrize("crash_at", ["learn_add:5", "learn_mul:7", "learn_mul:10"])
+def test_resume_after_kill_9_gives_the_same_scores(tmp_path, toy_env, crash_at):
+    """A run killed mid-stage (between step checkpoints) and resumed ends exactly like an uninterrupted one."""
+    reference = run_cascade(["train", *TOY_ARGS, f"run_dir={tmp_path / 'ref'}"], toy_env, tmp_path)
+    assert reference.returncode == 0
+
+    crashing = dict(toy_env, CASCADE_TOY_CRASH=crash_at)
+    killed = run_cascade(["train", *TOY_ARGS, "hydra.run.dir=outputs/toy/1"], crashing, tmp_path, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not report(tmp_path / "outputs/toy/1")["complete"] if (tmp_path / "outputs/toy/1/report.json").exists() else True
+
+    # `resume=true` finds the newest unfinished run of the cascade by itself
+    run_cascade(["train", *TOY_ARGS, "hydra.run.dir=outputs/toy/2", "resume=true"], toy_env, tmp_path)
+    resumed, expected = report(tmp_path / "outputs/toy/1"), report(tmp_path / "ref")
+    assert resumed["complete"]
+    assert resumed["scores"] == expected["scores"]
+    stage = crash_at.split(":")[0]
+    index = {"learn_add": "01", "learn_mul": "02"}[stage]
+    rows = (tmp_path / f"outputs/toy/1/stages/{index}_{stage}/history.jsonl").read_text().splitlines()
+    ref_rows = (tmp_path / f"ref/stages/{index}_{stage}/history.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == list(range(1, 11))  # no step lost, none twice
+    assert [json.loads(r)["reward"] for r in rows] == [json.loads(r)["reward"] for r in ref_rows]
+
+
+def test_resume_with_nothing_to_resume_is_a_clear_error(tmp_path, toy_env):
+    proc = run_cascade(["train", *TOY_ARGS, "hydra.run.dir=outputs/toy/x", "resume=true"], toy_env, tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "resume=true: no unfinished run of cascade 'toy'" in proc.stderr
+
+
+def test_resume_refuses_a_run_whose_finished_stages_changed(tmp_path, toy_env):
+    toy_runner(tmp_path).run()
+    with pytest.raises(ConfigError, match="stage 'learn_add' finished with a different config"):
+        toy_runner(tmp_path, "cascade.stages.learn_add.params.steps=3").run()
+
+
+def test_a_finished_run_resumed_does_nothing_more(tmp_path, toy_env):
+    first = toy_runner(tmp_path).run()
+    index = tmp_path / "run" / "checkpoints" / "index.json"
+    before = index.stat().st_mtime_ns
+    again = toy_runner(tmp_path).run()
+    assert again["scores"] == first["scores"]
+    assert index.stat().st_mtime_ns == before
+
+
+def test_report_command_rebuilds_the_report(tmp_path, toy_env):
+    toy_runner(tmp_path).run()
+    (tmp_path / "run" / "report.md").unlink()
+    (tmp_path / "run" / "report.json").unlink()
+    proc = run_cascade(["report", str(tmp_path / "run")], toy_env, tmp_path)
+    assert "3 stages" in proc.stdout
+    assert report(tmp_path / "run")["scores"]["learn_mul"]["mul"] > 0
+
+
+def test_multirun_gives_one_run_directory_and_report_per_value(tmp_path, toy_env):
+    run_cascade(["train", "-m", *TOY_ARGS, "seed=1,2", "hydra.sweep.dir=sweep"], toy_env, tmp_path)
+    reports = [report(tmp_path / "sweep" / str(job)) for job in (0, 1)]
+    assert [r["config"]["seed"] for r in reports] == [1, 2]
+    assert all(r["complete"] for r in reports)
+    assert reports[0]["scores"] != reports[1]["scores"]  # different seeds, different draws
+
+
+def test_multirun_with_the_joblib_launcher(tmp_path, toy_env):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    run_cascade(["train", "-m", *TOY_ARGS, "seed=3,4", "hydra.sweep.dir=sweep", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2"], toy_env, tmp_path)
+    assert [report(tmp_path / "sweep" / str(job))["config"]["seed"] for job in (0, 1)] == [3, 4]
