@@ -12,7 +12,6 @@ checked against the plugin's ``Config`` dataclass when the runner builds the cas
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -20,6 +19,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from cascade.plugins import closest
 
 
 class ConfigError(ValueError):
@@ -133,8 +134,8 @@ def describe_error(exc: BaseException, schema: type | None = None) -> str:
         bad, parent = parts[-1], parts[:-1]
         valid = valid_keys(schema or AppConfig, parent)
         if valid is not None and bad not in valid:
-            close = difflib.get_close_matches(bad, valid, n=1)
-            hint = f"; did you mean '{'.'.join(parent + [close[0]])}'?" if close else ""
+            close = closest(bad, valid)
+            hint = f"; did you mean '{'.'.join(parent + [close])}'?" if close else ""
             where = f" under '{'.'.join(parent)}'" if parent else ""
             return f"unknown config key '{full_key}'{hint} Valid keys{where}: {', '.join(sorted(valid))}"
         if "not in struct" in message:  # a free-form node (stage params, options): its owner checks names

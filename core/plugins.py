@@ -196,10 +196,20 @@ class PluginManager:
 def unknown_name_message(what: str, name: str, valid: Iterable[str]) -> str:
     """"unknown stage type 'grpoo'; did you mean 'grpo'? Available: grpo, sft" — our one error style."""
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = closest(name, valid)
+    hint = f"; did you mean '{close}'?" if close else ""
     listing = ", ".join(valid) if valid else "(none: is the plugin that provides it installed?)"
     return f"unknown {what} '{name}'{hint} Available: {listing}"
+
+
+def closest(name: str, valid: Iterable[str]) -> str | None:
+    """The valid name the user most likely meant: a near spelling, or one that starts the same way."""
+    valid = list(valid)
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return close[0]
+    prefixed = [v for v in valid if v.startswith(name) or name.startswith(v)]
+    return min(prefixed, key=len) if prefixed else None
 
 
 def _impl_of(pm: pluggy.PluginManager, plugin: object, hook_name: str):
@@ -217,10 +227,10 @@ def _explain_validation(exc: pluggy.PluginValidationError) -> str:
     for name in dir(hookspecs):
         if name.startswith("cascade_") and f"'{name}'" in text:
             spec = getattr(hookspecs, name)
-            return f"{text}\nthe hook is: {name}{inspect.signature(spec)}"
+            return f"{text}\nthe hook is: {name}({', '.join(inspect.signature(spec).parameters)})"
     known = [n for n in dir(hookspecs) if n.startswith("cascade_")]
     if "unknown hook" in text:
         bad = text.split("'")[1] if "'" in text else text
-        close = difflib.get_close_matches(bad, known, n=1)
-        return f"{text}" + (f"; did you mean '{close[0]}'?" if close else "") + f" Hooks: {', '.join(known)}"
+        close = closest(bad, known)
+        return f"{text}" + (f"; did you mean '{close}'?" if close else "") + f" Hooks: {', '.join(known)}"
     return text

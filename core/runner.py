@@ -60,7 +60,7 @@ class CascadeRunner:
         for domain, spec in cascade.domains.items():
             self._check(lambda: self.plugins.component("environments", spec.environment), f"cascade.domains.{domain}.environment")
             self._check(lambda: self.plugins.component("rewards", spec.reward), f"cascade.domains.{domain}.reward")
-            validate_options(EvalConfig, OmegaConf.merge(self.config.eval, spec.eval), f"cascade.domains.{domain}.eval")
+            self.eval_options(domain)
         for name in self.config.loggers:
             self._check(lambda: self.plugins.component("loggers", name), f"loggers.{name}")
         return [self._plan_stage(name, cascade.stages[name]) for name in order]
@@ -164,8 +164,7 @@ class CascadeRunner:
         self.plugins.hook.cascade_eval_start(run=info, stage=stage, domains=self.domains)
         scores, details = {}, {}
         for index, domain in enumerate(self.domains):
-            spec = self.config.cascade.domains[domain]
-            options = validate_options(EvalConfig, OmegaConf.merge(self.config.eval, spec.eval), f"cascade.domains.{domain}.eval")
+            options = self.eval_options(domain)
             result = self.plugins.hook.cascade_evaluate(
                 checkpoint=checkpoint,
                 domain=domain,
@@ -180,6 +179,11 @@ class CascadeRunner:
             details[domain] = {k: float(v) for k, v in result.items()}
         self.plugins.hook.cascade_eval_end(run=info, stage=stage, scores=scores, details=details)
         return scores, details
+
+    def eval_options(self, domain: str) -> EvalConfig:
+        """The top-level ``eval`` settings with the domain's own overrides."""
+        merged = {**OmegaConf.to_container(self.config.eval), **OmegaConf.to_container(self.config.cascade.domains[domain].eval)}
+        return validate_options(EvalConfig, merged, f"cascade.domains.{domain}.eval")
 
     # ---- components, made once per run -------------------------------------------------------------
 

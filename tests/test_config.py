@@ -1,0 +1,72 @@
+"""Config errors fail fast, before any work, naming the bad key and the valid ones."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TOY_ARGS
+
+from cascade.config import AppConfig, ConfigError, compose, valid_keys
+from cascade.plugins import PluginManager
+from cascade.runner import CascadeRunner
+
+
+def plan(tmp_path, *overrides):
+    plugins = PluginManager().load()
+    return CascadeRunner(compose([*TOY_ARGS, *overrides], plugins.config_searchpaths()), plugins, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("cascade.stagez=1", "unknown config key 'cascade.stagez'; did you mean 'cascade.stages'? Valid keys under 'cascade': domains, name, order, stages"),
+        ("sed=1", "unknown config key 'sed'; did you mean 'seed'?"),
+        ("eval.nn=3", "unknown config key 'eval.nn'; did you mean 'eval.n'? Valid keys under 'eval': batch_size, max_new_tokens, n, temperature"),
+        ("cascade.stages.learn_add.typ=x", "unknown config key 'cascade.stages.learn_add.typ'; did you mean 'cascade.stages.learn_add.type'?"),
+        ("seed=abc", "bad value for 'seed': Value 'abc' of type 'str' could not be converted to Integer"),
+        ("cascade.stages.learn_add.params.stepz=3", "to add it, write '+cascade.stages.learn_add.params.stepz=...'"),
+        ("cascade=nope", "Could not find 'cascade/nope'"),
+    ],
+)
+def test_cli_config_errors_name_the_key(fresh_cli, toy_env, capsys, tmp_path, monkeypatch, override, message):
+    monkeypatch.chdir(tmp_path)
+    assert fresh_cli.main(["train", *TOY_ARGS, override]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not (tmp_path / "outputs" / "toy").exists() or not any((tmp_path / "outputs" / "toy").glob("*/checkpoints"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+cascade.stages.learn_add.params.stepz=3", "cascade.stages.learn_add.params: unknown config key 'stepz'; did you mean 'steps'? Valid keys: batch, checkpoint_every, steps"),
+        ("cascade.stages.learn_add.params.steps=many", "cascade.stages.learn_add.params: bad value for 'steps'"),
+        ("cascade.stages.learn_add.type=memorise", "cascade.stages.learn_add.type: unknown stage 'memorise'; did you mean 'memorize'? Available: memorize"),
+        ("cascade.stages.learn_add.domains=[ad]", "cascade.stages.learn_add.domains: unknown domain 'ad'; did you mean 'add'? Available: add, mul"),
+        ("cascade.domains.add.environment=modular", "cascade.domains.add.environment: unknown environment 'modular'; did you mean 'modular_arithmetic'?"),
+        ("cascade.domains.add.reward=exact", "cascade.domains.add.reward: unknown reward 'exact'; did you mean 'exact_answer'?"),
+        ("+cascade.stages.learn_add.wrap.mopdd={}", "cascade.stages.learn_add.wrap: unknown wrapper 'mopdd' Available: (none: is the plugin that provides it installed?)"),
+        ("cascade.order=[learn_add,learn_mull]", "cascade.order: unknown stage 'learn_mull'; did you mean 'learn_mul'?"),
+        ("+loggers.jsonll={}", "loggers.jsonll: unknown logger 'jsonll'; did you mean 'jsonl'? Available: console, jsonl, wandb"),
+        ("+cascade.domains.add.eval.nn=4", "cascade.domains.add.eval: unknown config key 'nn'; did you mean 'n'?"),
+    ],
+)
+def test_plugin_options_are_checked_before_any_work(tmp_path, toy_env, override, message):
+    with pytest.raises(ConfigError) as err:
+        plan(tmp_path, override)
+    assert message in str(err.value)
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_valid_keys_follow_the_schema_through_dicts():
+    assert valid_keys(AppConfig, ["cascade", "stages", "anything"]) == ["type", "domains", "params", "wrap"]
+    assert valid_keys(AppConfig, ["cascade", "stages", "x", "params"]) is None  # free-form: the stage checks
+
+
+def test_a_cascade_without_stages_is_refused(tmp_path, toy_env):
+    with pytest.raises(ConfigError, match="cascade 'toy' has no stages"):
+        plan(tmp_path, "~cascade.stages.learn_add", "~cascade.stages.learn_mul")
+
+
+def test_init_is_a_reserved_stage_name(tmp_path, toy_env):
+    with pytest.raises(ConfigError, match="'init' is reserved"):
+        plan(tmp_path, "+stage@cascade.stages.init=toy_memorize")
