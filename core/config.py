@@ -35,6 +35,8 @@ class EvalConfig:
     """0 = greedy pass@1; above 0, sampled pass@1."""
     max_new_tokens: int = 128
     batch_size: int = 32
+    thinking: bool = False
+    """Open answers with ``<think>\\n`` (thinking mode) instead of an empty ``<think></think>``."""
 
 
 @dataclass
@@ -82,11 +84,11 @@ class ModelConfig:
 
 @dataclass
 class RolloutConfig:
+    """Which engine generates; sampling settings (temperature, length) belong to each stage."""
+
     engine: str = "hf"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
     options: Dict[str, Any] = field(default_factory=dict)
+    """Engine options, e.g. ``batch_size`` for ``hf``."""
 
 
 @dataclass

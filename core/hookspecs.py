@@ -95,10 +95,13 @@ def cascade_config_searchpaths() -> list[str]:
 
 
 @hookspec(firstresult=True)
-def cascade_init_checkpoint(model_config: Any, path: str, seed: int) -> "Checkpoint | None":
+def cascade_init_checkpoint(
+    model_config: Any, path: str, seed: int, environments: "dict[str, Environment]"
+) -> "Checkpoint | None":
     """Create the cascade's starting checkpoint at ``path`` (or point to an existing one).
 
     ``model_config`` is the ``model`` config node: a from-scratch recipe or ``path`` to load.
+    ``environments`` are the cascade's domains (a from-scratch tokenizer is trained on their text).
     """
 
 

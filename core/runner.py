@@ -122,7 +122,10 @@ class CascadeRunner:
         path = self.run_dir / "checkpoints" / INIT
         seed_everything(self.config.seed)
         started = time.time()
-        checkpoint = self.plugins.hook.cascade_init_checkpoint(model_config=self.config.model, path=str(path), seed=self.config.seed)
+        environments = {domain: self.environment(domain) for domain in self.domains}
+        checkpoint = self.plugins.hook.cascade_init_checkpoint(
+            model_config=self.config.model, path=str(path), seed=self.config.seed, environments=environments
+        )
         if checkpoint is None:
             engines = sorted(p.name for p in self.plugins.plugins.values() if "cascade_init_checkpoint" in p.hooks)
             raise ConfigError(f"no plugin could create the model for model={OmegaConf.to_container(self.config.model)}; "

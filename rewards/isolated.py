@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
+import types
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
@@ -104,7 +107,13 @@ def _child_main(
     initializer: Callable[..., Any] | None,
     initargs: tuple,
 ) -> None:
-    """Serve calls forever: receive (fn, item), run fn(item), send back (status, payload)."""
+    """Serve the parent until it says stop or goes away.
+
+    Messages in: ("load", fn) makes fn the function to call (unpickling it imports its
+    module, which is not counted against any call's timeout); ("call", item) runs
+    fn(item); None stops. Every message gets exactly one reply, ("ready", None),
+    ("ok", value) or ("error", text); the parent knows which message it answers.
+    """
     # Lead a new process group so the parent can kill us and everything we spawned at once.
     os.setpgrp()
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
@@ -113,24 +122,29 @@ def _child_main(
         try:
             initializer(*initargs)
         except BaseException as exc:  # noqa: BLE001 - report any failure, then stop
-            conn.send(("init_error", _describe(exc)))
+            conn.send(("error", _describe(exc)))
             return
     conn.send(("ready", None))
 
+    fn: Callable[[Any], Any] | None = None
     while True:
         try:
-            task = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return  # parent closed the pipe or went away
-        except BaseException as exc:  # noqa: BLE001 - e.g. the function's module fails to import
-            conn.send(("error", f"could not unpickle the task: {_describe(exc)}"))
+        except BaseException as exc:  # noqa: BLE001 - e.g. a module that fails to import
+            conn.send(("error", f"could not unpickle the message: {_describe(exc)}"))
             continue
-        if task is None:
+        if message is None:
             return  # orderly shutdown
 
-        fn, item = task
+        kind, payload = message
+        if kind == "load":
+            fn = payload
+            conn.send(("ready", None))
+            continue
         try:
-            reply = ("ok", fn(item))
+            reply = ("ok", fn(payload))  # type: ignore[misc]  # the parent loads before calling
         except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are results too
             reply = ("error", _describe(exc))
         try:
@@ -143,12 +157,37 @@ def _child_main(
 # Parent side
 # --------------------------------------------------------------------------------------
 
+# What a child is doing, as the parent sees it. Every phase but "idle" has a deadline.
+Phase = Literal["starting", "loading", "idle", "busy"]
+
+
+_MAIN_SWAP_LOCK = threading.Lock()
+
+
+@contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Start children without telling them about the parent's `__main__`.
+
+    "spawn" and "forkserver" children re-run the parent's main script (as `__mp_main__`)
+    so that functions defined there can be unpickled; for a trainer that means importing
+    torch and friends in every child, each time one is replaced. (Python 3.11's forkserver
+    does not preload it either: it looks for a "main_path" key that is never set.) While a
+    child starts, `sys.modules["__main__"]` is a bare stand-in, so the child skips that step.
+    """
+    with _MAIN_SWAP_LOCK:
+        real_main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = real_main
+
 
 class _Child:
-    """One child process, the parent's end of its pipe, and the call it is running."""
+    """One child process, the parent's end of its pipe, and what it is doing."""
 
     def __init__(self, ctx: Any, initializer: Callable[..., Any] | None, initargs: tuple,
-                 start_timeout: float) -> None:
+                 start_timeout: float, inherit_main: bool) -> None:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=_child_main,
@@ -156,20 +195,27 @@ class _Child:
             name="cascade-isolated-worker",
             daemon=True,  # multiprocessing's exit handler also reaps it
         )
-        self.process.start()
+        with nullcontext() if inherit_main else _without_main_module():
+            self.process.start()
         child_conn.close()  # keep only the child's copy, so its death shows up as EOF here
         self.conn = parent_conn
         self.pid: int = self.process.pid
-        self.ready = False
-        self.dead = False  # set once killed; a dead child is dropped and replaced
-        self.start_deadline = time.monotonic() + start_timeout
+        self.phase: Phase = "starting"
+        self.deadline = time.monotonic() + start_timeout
+        self.loaded_fn: bytes | None = None  # pickled function the child will call
+        self.loading_fn: bytes | None = None
         self.task: int | None = None  # index of the item being computed
         self.sent_at = 0.0
-        self.deadline = 0.0
+        self.dead = False  # set once killed; a dead child is dropped and replaced
 
-    def send_task(self, index: int, fn: Callable[[Any], Any], item: Any, timeout: float) -> None:
-        self.conn.send((fn, item))
-        self.task = index
+    def load(self, fn: Callable[[Any], Any], fn_key: bytes, timeout: float) -> None:
+        self.conn.send(("load", fn))
+        self.phase, self.loading_fn = "loading", fn_key
+        self.deadline = time.monotonic() + timeout
+
+    def send_task(self, index: int, item: Any, timeout: float) -> None:
+        self.conn.send(("call", item))
+        self.phase, self.task = "busy", index
         self.sent_at = time.monotonic()
         self.deadline = self.sent_at + timeout
 
@@ -196,7 +242,7 @@ class _Child:
 
     def stop(self, grace: float = 1.0) -> None:
         """Ask the child to exit, give it `grace` seconds, then kill whatever is left."""
-        if self.task is None and self.ready:
+        if self.phase == "idle":
             try:
                 self.conn.send(None)
             except OSError:
@@ -232,7 +278,10 @@ class IsolatedWorker:
         initializer: optional picklable function run once in every new child (for example
             to import heavy modules so restarts after a timeout are ready before the next call).
         initargs: arguments for `initializer`.
-        start_timeout: seconds a new child may take to become ready.
+        start_timeout: seconds a new child may take to become ready, and to load (import)
+            the function of a `map`; neither counts against the per-call timeout.
+        inherit_main: let children re-run the parent's main script, which is needed only
+            for functions defined in it. Off by default: see `_without_main_module`.
 
     Not meant to be shared between threads: concurrent `map` calls are serialised.
     """
@@ -245,6 +294,7 @@ class IsolatedWorker:
         initializer: Callable[..., Any] | None = None,
         initargs: tuple = (),
         start_timeout: float = 60.0,
+        inherit_main: bool = False,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
@@ -255,6 +305,7 @@ class IsolatedWorker:
         self._initializer = initializer
         self._initargs = initargs
         self._start_timeout = start_timeout
+        self._inherit_main = inherit_main
         self._children: list[_Child] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -301,32 +352,38 @@ class IsolatedWorker:
 
         `fn` must be picklable by reference (a module-level function or a
         `functools.partial` of one). `timeout` is the hard limit in seconds for each call,
-        counted from the moment the call is handed to a ready child.
+        counted from the moment the item is handed to a child that has `fn` loaded.
+        Raises WorkerStartError if a child cannot start or cannot load `fn`.
         """
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         try:
-            ForkingPickler.dumps(fn)
+            fn_key = bytes(ForkingPickler.dumps(fn))
         except Exception as exc:
             raise TypeError(f"fn must be picklable (a module-level function): {exc}") from exc
+        if getattr(getattr(fn, "func", fn), "__module__", None) == "__main__" and not self._inherit_main:
+            raise TypeError("fn is defined in __main__, which children do not import; "
+                            "move it into a module or pass inherit_main=True")
         items = list(items)
         with self._lock:
             self.start()
             try:
-                return self._run(fn, items, timeout)
+                return self._run(fn, fn_key, items, timeout)
             except BaseException:
                 # Never leave a call in flight: its late answer would be read by the next map.
                 # Dropped children are replaced by start() at the next call.
                 for child in self._children:
-                    if child.task is not None and not child.dead:
+                    if child.phase != "idle" and not child.dead:
                         child.kill()
                 self._children[:] = [c for c in self._children if not c.dead]
                 raise
 
     def _new_child(self) -> _Child:
-        return _Child(self._ctx, self._initializer, self._initargs, self._start_timeout)
+        return _Child(self._ctx, self._initializer, self._initargs, self._start_timeout,
+                      self._inherit_main)
 
-    def _run(self, fn: Callable[[Any], Any], items: list[Any], timeout: float) -> list[Outcome]:
+    def _run(self, fn: Callable[[Any], Any], fn_key: bytes, items: list[Any],
+             timeout: float) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(items)
         todo = deque(range(len(items)))
         unfinished = len(items)
@@ -337,19 +394,27 @@ class IsolatedWorker:
             unfinished -= 1
 
         while unfinished:
-            # Hand the next items to every ready, idle child.
+            # Give every idle child the function if it lacks it, else the next item.
             for child in self._children:
-                while child.ready and child.task is None and todo:
+                while child.phase == "idle" and todo:
                     index = todo.popleft()
                     try:
-                        child.send_task(index, fn, items[index], timeout)
-                    except Exception as exc:  # noqa: BLE001 - e.g. the item is not picklable
+                        if child.loaded_fn != fn_key:
+                            todo.appendleft(index)
+                            child.load(fn, fn_key, self._start_timeout)
+                            break
+                        child.send_task(index, items[index], timeout)
+                    except OSError:
+                        # The idle child died; wait() below sees it go and replaces it.
+                        if index not in todo:
+                            todo.appendleft(index)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - the item is not picklable
                         finish(index, Outcome("error", error=f"could not send the call: {exc}"))
 
             # Sleep until a child answers, dies, or the nearest deadline passes.
-            deadlines = [c.deadline if c.task is not None else c.start_deadline
-                         for c in self._children if c.task is not None or not c.ready]
-            # (Some child always has a deadline here; the 1 s fallback is only a safety net.)
+            deadlines = [c.deadline for c in self._children if c.phase != "idle"]
+            # (Some child is always busy here; the 1 s fallback is only a safety net.)
             wait_for = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 1.0
             handles = [c.conn for c in self._children] + [c.process.sentinel for c in self._children]
             signalled = set(wait(handles, timeout=wait_for))
@@ -360,16 +425,8 @@ class IsolatedWorker:
                     self._read_reply(slot, child, finish)
                 elif child.process.sentinel in signalled:
                     self._handle_death(slot, child, child.exit_description(), finish)
-                elif child.task is not None and now >= child.deadline:
-                    index = child.task
-                    child.kill()
-                    self._children[slot] = self._new_child()
-                    finish(index, Outcome("timeout", error=f"no result within {timeout:g} s",
-                                          seconds=now - child.sent_at))
-                elif not child.ready and now >= child.start_deadline:
-                    child.kill()
-                    raise WorkerStartError(
-                        f"child process not ready within {self._start_timeout:g} s")
+                elif child.phase != "idle" and now >= child.deadline:
+                    self._handle_overrun(slot, child, timeout, now, finish)
 
         return outcomes  # type: ignore[return-value]  # every slot was filled by finish()
 
@@ -379,25 +436,39 @@ class IsolatedWorker:
         except (EOFError, OSError):
             self._handle_death(slot, child, child.exit_description(), finish)
             return
-        if kind == "ready":
-            child.ready = True
-        elif kind == "init_error":
-            child.kill()
-            raise WorkerStartError(f"worker initializer failed: {payload}")
-        else:  # "ok" or "error", the answer to the call in flight
-            index, child.task = child.task, None
+        if child.phase == "busy":  # the answer to the call in flight
+            index, child.task, child.phase = child.task, None, "idle"
             seconds = time.monotonic() - child.sent_at
             if kind == "ok":
                 finish(index, Outcome("ok", value=payload, seconds=seconds))
             else:
                 finish(index, Outcome("error", error=payload, seconds=seconds))
+        elif kind == "ready":  # started, or loaded the function
+            if child.phase == "loading":
+                child.loaded_fn = child.loading_fn
+            child.phase = "idle"
+        else:
+            what = "worker initializer" if child.phase == "starting" else "loading the function"
+            child.kill()
+            raise WorkerStartError(f"{what} failed in the child: {payload}")
 
     def _handle_death(self, slot: int, child: _Child, reason: str,
                       finish: Callable[[int, Outcome], None]) -> None:
-        index = child.task
+        phase, index = child.phase, child.task
         child.kill()
-        if not child.ready:
-            raise WorkerStartError(f"child process died while starting: {reason}")
+        if phase in ("starting", "loading"):
+            raise WorkerStartError(f"child process died while {phase}: {reason}")
         self._children[slot] = self._new_child()
         if index is not None:
             finish(index, Outcome("crashed", error=reason, seconds=time.monotonic() - child.sent_at))
+
+    def _handle_overrun(self, slot: int, child: _Child, timeout: float, now: float,
+                        finish: Callable[[int, Outcome], None]) -> None:
+        phase, index = child.phase, child.task
+        child.kill()
+        if phase != "busy":
+            raise WorkerStartError(
+                f"child process still {phase} after {self._start_timeout:g} s")
+        self._children[slot] = self._new_child()
+        finish(index, Outcome("timeout", error=f"no result within {timeout:g} s",  # type: ignore[arg-type]
+                              seconds=now - child.sent_at))

@@ -1,0 +1,1 @@
+"""cascade-math: the math-with-final-answers domain of cascade-rl."""

@@ -25,6 +25,9 @@ from fractions import Fraction
 KINDS = ("arithmetic", "linear", "word")
 SPLITS = ("train", "test")
 TEST_SHARE = 0.2  # fraction of all possible questions held out for the test split
+# Rejection sampling gives up after this many useless draws in a row: by then (almost)
+# every question of the split has been drawn.
+_MAX_MISSES = 5_000
 
 
 @dataclass(frozen=True)
@@ -91,17 +94,18 @@ def generate(split: str, n: int, seed: int, difficulty: int,
     rng = random.Random(f"cascade-math/{split}/{seed}/{difficulty}/{','.join(kinds)}")
     problems: list[MathProblem] = []
     seen: set[str] = set()
-    draws_left = 100 * n + 10_000  # rejection sampling: ~1/TEST_SHARE draws per test problem
+    misses = 0  # draws in a row that gave nothing new for this split
     while len(problems) < n:
-        if draws_left == 0:
+        if misses == _MAX_MISSES:
             raise ValueError(
                 f"found only {len(problems)} of {n} distinct {split} questions of kinds "
                 f"{list(kinds)} at difficulty {difficulty}; ask for fewer or raise difficulty")
-        draws_left -= 1
         kind = kinds[len(problems) % len(kinds)]
         question, answer, steps = _MAKERS[kind](rng, level)
         if question in seen or split_of(question) != split:
+            misses += 1
             continue
+        misses = 0
         seen.add(question)
         problem_id = f"{kind}-d{difficulty}-{hashlib.sha256(question.encode()).hexdigest()[:12]}"
         problems.append(MathProblem(problem_id, question, _format_number(answer), kind,

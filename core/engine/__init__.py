@@ -1,0 +1,1 @@
+"""The training engine: policies, rollouts, the trainer, SFT and GRPO stages, evaluation."""

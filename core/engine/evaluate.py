@@ -1,0 +1,42 @@
+"""Held-out evaluation: pass@1 (greedy by default) of a checkpoint on one domain's test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cascade.engine.grpo import score_group
+from cascade.engine.policy import Policy, load_policy
+from cascade.engine.rollout import HFRolloutEngine, collect_episodes
+from cascade.types import Checkpoint, Environment, Reward, SamplingParams
+
+_loaded: tuple[str, Policy] | None = None
+
+
+def policy_for(checkpoint: Checkpoint) -> Policy:
+    """The runner scores every domain on one checkpoint in a row: load it once."""
+    global _loaded
+    if _loaded is None or _loaded[0] != checkpoint.path:
+        _loaded = (checkpoint.path, load_policy(checkpoint.path))
+    return _loaded[1]
+
+
+def evaluate(checkpoint: Checkpoint, environment: Environment, reward: Reward, options, seed: int) -> dict[str, float] | None:
+    if not (Path(checkpoint.path) / "config.json").exists():
+        return None  # not a Hugging Face checkpoint: another plugin's
+    policy = policy_for(checkpoint)
+    samples = environment.samples("test", options.n, seed)
+    params = SamplingParams(options.max_new_tokens, options.temperature, 1.0, 1, seed)
+    episodes = collect_episodes(HFRolloutEngine(policy, options.batch_size), policy, environment, samples, params, options.thinking)
+    values, statuses = [], {}
+    for episode in episodes:
+        scores, counts = score_group(reward, [episode])
+        values += scores
+        for key, n in counts.items():
+            statuses[key] = statuses.get(key, 0) + n
+    return {
+        "score": sum(values) / len(values),
+        "n": float(len(values)),
+        "truncated": sum(e.truncated for e in episodes) / len(episodes),
+        "response_tokens": sum(e.num_generated for e in episodes) / len(episodes),
+        "reward_errors": float(statuses.get("error", 0) + statuses.get("timeout", 0)),
+    }

@@ -1,0 +1,233 @@
+"""GRPO as in SPEC.md, one step read top to bottom in :meth:`GRPOStage.train_step`.
+
+Strictly on-policy by default: one optimizer step per rollout batch, so the importance ratio is 1 and
+the loss is plain policy gradient with group-normalised advantages ``A_i = (r_i - mean) / std`` over the
+rollouts of one prompt, normalised per token over the whole batch. With ``updates_per_batch > 1`` the
+PPO-clip form applies. No KL term by default (RLHF sets ``kl_coef: 0.03`` to the stage's start policy).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from cascade.engine.moe import freeze_routers
+from cascade.engine.policy import Policy, load_policy, save_policy
+from cascade.engine.rollout import collect_episodes
+from cascade.engine.trainer import OptimConfig, Trainer, check_finite, token_logprobs
+from cascade.types import Checkpoint, Episode, Reward, SamplingParams, Stage
+
+
+@dataclass
+class Batch:
+    """Episodes as right-padded tensors; ``mask`` marks the sampled tokens (the targets trained on)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor  # [B, T-1], aligned with token_logprobs
+    advantages: torch.Tensor  # [B] (GRPO) or [B, T-1] (per-token, MOPD)
+    rollout_logprobs: torch.Tensor  # [B, T-1]
+
+    @classmethod
+    def of(cls, episodes: Sequence[Episode], advantages: torch.Tensor, pad_id: int) -> "Batch":
+        width = max(len(e.token_ids) for e in episodes)
+        ids = torch.tensor([e.token_ids + [pad_id] * (width - len(e.token_ids)) for e in episodes])
+        attention = torch.tensor([[1] * len(e.token_ids) + [0] * (width - len(e.token_ids)) for e in episodes])
+        mask = torch.tensor([e.loss_mask[1:] + [0] * (width - len(e.loss_mask)) for e in episodes], dtype=torch.float32)
+        logprobs = torch.tensor([e.logprobs[1:] + [0.0] * (width - len(e.logprobs)) for e in episodes])
+        return cls(ids, attention, mask, advantages, logprobs)
+
+    def rows(self, start: int, stop: int) -> "Batch":
+        return Batch(self.input_ids[start:stop], self.attention_mask[start:stop], self.mask[start:stop],
+                     self.advantages[start:stop], self.rollout_logprobs[start:stop])
+
+
+def score_group(reward: Reward, group: Sequence[Episode]) -> tuple[list[float], dict[str, int]]:
+    """Score one group; a reward that raises scores 0 (counted), never stops training."""
+    try:
+        results = reward.score(group)
+        if len(results) != len(group):
+            raise ValueError(f"returned {len(results)} results for {len(group)} episodes")
+        values = [float(r.value) for r in results]
+        statuses = [str(r.info.get("status", "ok")) for r in results]
+    except Exception:  # noqa: BLE001 - any reward failure is scored, not raised
+        values, statuses = [0.0] * len(group), ["error"] * len(group)
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return values, counts
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(r - mean(r)) / std(r)`` within each group; rewards is [groups, group_size]."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+class GRPOStage(Stage):
+    @dataclass
+    class Config:
+        steps: int = 50
+        prompts_per_step: int = 16
+        group_size: int = 8
+        temperature: float = 1.0
+        top_p: float = 1.0
+        max_new_tokens: int = 128
+        optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-6, weight_decay=0.0))
+        updates_per_batch: int = 1
+        clip_eps: float = 0.2
+        kl_coef: float = 0.0
+        dynamic_filter: bool = True
+        """Drop groups whose rollouts all scored the same (all right or all wrong): no signal."""
+        max_sampling_rounds: int = 3
+        """With dynamic filtering, draw fresh prompts up to this many times to fill the batch."""
+        overlong_reward: float = 0.0
+        """Reward of a response that hit ``max_new_tokens``."""
+        freeze_router: bool = True
+        micro_batch: int = 32
+        prompt_pool: int = 2000
+        checkpoint_every: int = 10
+        thinking: bool = False
+
+    # ---- the stage -------------------------------------------------------------------------------
+
+    def run(self, start: Checkpoint, context) -> Checkpoint:
+        cfg = self.config
+        policy = load_policy(start.path, context.config.model.dtype)
+        if cfg.freeze_router:
+            freeze_routers(policy.model)
+        self.reference = load_policy(start.path, context.config.model.dtype).model.eval() if cfg.kl_coef > 0 else None
+        trainer = Trainer(policy, cfg.optim, cfg.steps)
+        engine = context.plugins.component("rollout_engines", context.config.rollout.engine).factory(policy, context.config.rollout)
+        pools = {d: context.environment(d).samples("train", cfg.prompt_pool, context.seed) for d in self.domains}
+        context.stage.total_steps = cfg.steps
+        first = 1
+        resumed = context.last_step()
+        if resumed is not None:
+            trainer.load(resumed[1])
+            first = resumed[0] + 1
+        for step in range(first, cfg.steps + 1):
+            metrics = self.train_step(step, policy, trainer, engine, pools, context)
+            context.log(step, metrics)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                context.save_step(step, trainer.save)
+        trainer.close()
+        save_policy(policy, context.stage_dir / "checkpoint")
+        return Checkpoint(self.name, str(context.stage_dir / "checkpoint"))
+
+    def train_step(self, step: int, policy: Policy, trainer: Trainer, engine, pools, context) -> dict[str, float]:
+        cfg = self.config
+        started = time.perf_counter()
+        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.group_size)
+
+        # 1. rollouts and rewards, drawing fresh prompts while dynamic filtering leaves the batch short
+        kept, kept_rewards, stats = [], [], {"groups": 0, "filtered": 0, "episodes": 0, "truncated": 0, "reward_sum": 0.0, "correct": 0, "generated": 0}
+        statuses: dict[str, int] = {}
+        for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_filter else 1):
+            need = cfg.prompts_per_step - len(kept)
+            if need <= 0:
+                break
+            for domain, samples in self.draw(pools, need, context.seed, step, round_).items():
+                env, reward = context.environment(domain), context.reward(domain)
+                episodes = collect_episodes(engine, policy, env, samples, params, cfg.thinking)
+                for g in range(len(samples)):
+                    group = episodes[g * cfg.group_size:(g + 1) * cfg.group_size]
+                    values, counts = score_group(reward, group)
+                    values = [cfg.overlong_reward if e.truncated else v for e, v in zip(group, values)]
+                    for key, n in counts.items():
+                        statuses[key] = statuses.get(key, 0) + n
+                    stats["groups"] += 1
+                    stats["episodes"] += len(group)
+                    stats["truncated"] += sum(e.truncated for e in group)
+                    stats["generated"] += sum(e.num_generated for e in group)
+                    stats["reward_sum"] += sum(values)
+                    stats["correct"] += sum(v >= 1.0 for v in values)
+                    for e, v in zip(group, values):
+                        e.reward = v
+                    if cfg.dynamic_filter and max(values) == min(values):
+                        stats["filtered"] += 1
+                        continue
+                    if len(kept) < cfg.prompts_per_step:
+                        kept.append(group)
+                        kept_rewards.append(values)
+        rollout_seconds = time.perf_counter() - started
+
+        metrics = {
+            "reward": stats["reward_sum"] / stats["episodes"],
+            "accuracy": stats["correct"] / stats["episodes"],
+            "filtered_fraction": stats["filtered"] / stats["groups"],
+            "truncated_fraction": stats["truncated"] / stats["episodes"],
+            "reward_errors": float(statuses.get("error", 0)),
+            "reward_timeouts": float(statuses.get("timeout", 0)),
+            "rollout_seconds": rollout_seconds,
+        }
+        if not kept:  # every group was uniform: nothing to learn from this step, and nothing to update
+            metrics["skipped_update"] = 1.0
+            return metrics
+
+        # 2. advantages, then one (or a few, PPO-clip) optimizer steps on the kept groups
+        episodes = [e for group in kept for e in group]
+        advantages = group_advantages(torch.tensor(kept_rewards)).reshape(-1)
+        batch = Batch.of(episodes, advantages, policy.pad_id)
+        metrics.update(self.update(batch, trainer, step))
+        metrics["response_tokens"] = stats["generated"] / stats["episodes"]
+        metrics["tokens_per_s"] = stats["generated"] / (time.perf_counter() - started)
+        metrics["groups_kept"] = float(len(kept))
+        return metrics
+
+    def draw(self, pools, n: int, seed: int, step: int, round_: int) -> dict[str, list]:
+        """``n`` prompts spread over the stage's domains; a function of (seed, step, round) for resume."""
+        rng = random.Random(seed * 1_000_003 + step * 7919 + round_)
+        domains = [self.domains[i % len(self.domains)] for i in range(n)]
+        drawn: dict[str, list] = {}
+        for domain in domains:
+            drawn.setdefault(domain, []).append(rng.choice(pools[domain]))
+        return drawn
+
+    def update(self, batch: Batch, trainer: Trainer, step: int) -> dict[str, float]:
+        cfg = self.config
+        total_tokens = batch.mask.sum().clamp(min=1)
+        old_logprobs: dict[int, torch.Tensor] = {}
+        sums = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clipped": 0.0, "rollout_logprob_gap": 0.0}
+        for update in range(cfg.updates_per_batch):
+            for start in range(0, batch.input_ids.shape[0], cfg.micro_batch):
+                micro = batch.rows(start, start + cfg.micro_batch)
+                trainer.balancer.token_mask = micro.attention_mask
+                logprobs, entropy = token_logprobs(trainer.model, micro.input_ids, micro.attention_mask, with_entropy=update == 0,
+                                                   temperature=cfg.temperature)
+                if update == 0:  # before any optimizer step: these are the behaviour policy's log-probs
+                    old_logprobs[start] = logprobs.detach()
+                    sums["entropy"] += (entropy * micro.mask).sum().item()
+                    sums["rollout_logprob_gap"] += ((logprobs.detach() - micro.rollout_logprobs).abs() * micro.mask).sum().item()
+                ratio = torch.exp(logprobs - old_logprobs[start])
+                advantage = micro.advantages.unsqueeze(-1) if micro.advantages.ndim == 1 else micro.advantages
+                unclipped = ratio * advantage
+                clipped = torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * advantage
+                per_token = -torch.minimum(unclipped, clipped)
+                if self.reference is not None:
+                    with torch.no_grad():
+                        ref_logprobs, _ = token_logprobs(self.reference, micro.input_ids, micro.attention_mask, temperature=cfg.temperature)
+                    log_ratio = ref_logprobs - logprobs
+                    kl = torch.exp(log_ratio) - log_ratio - 1  # k3 estimator of KL(pi || ref), always >= 0
+                    per_token = per_token + cfg.kl_coef * kl
+                    sums["kl"] += (kl.detach() * micro.mask).sum().item()
+                loss = (per_token * micro.mask).sum() / total_tokens
+                check_finite(loss, step)
+                loss.backward()
+                sums["loss"] += loss.item()
+                sums["clipped"] += ((unclipped != clipped).float() * micro.mask).sum().item()
+            optim_metrics = trainer.step()
+        tokens = total_tokens.item()
+        return {
+            "loss": sums["loss"] / cfg.updates_per_batch,
+            "entropy": sums["entropy"] / tokens,
+            "kl": sums["kl"] / (tokens * cfg.updates_per_batch),
+            "clip_fraction": sums["clipped"] / (tokens * cfg.updates_per_batch),
+            "rollout_logprob_gap": sums["rollout_logprob_gap"] / tokens,
+            **optim_metrics,
+        }

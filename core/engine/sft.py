@@ -1,0 +1,129 @@
+"""SFT: packed sequences of the domains' demonstrations, loss on assistant tokens only.
+
+Packing puts several conversations in one row; ``position_ids`` restart and ``seq_idx`` numbers the
+samples so that neither attention nor the Mamba state crosses a sample boundary. Settings follow the
+paper (AdamW(0.9, 0.98), weight decay 0.1, cosine to lr/10 after warm-up); the sizes are config.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from cascade.config import ConfigError
+from cascade.engine.policy import load_policy, save_policy
+from cascade.engine.trainer import OptimConfig, Trainer, check_finite
+from cascade.models.packing import enable_packed_sequences, packed_inputs
+from cascade.types import Checkpoint, Stage
+
+
+@dataclass
+class Packed:
+    """One row: concatenated conversations, which tokens are trained on, and the sample lengths."""
+
+    token_ids: list[int]
+    loss_mask: list[int]
+    lengths: list[int]
+
+
+def tokenize_conversation(tokenizer, conversation) -> tuple[list[int], list[int]]:
+    out = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    return list(out["input_ids"]), list(out["assistant_masks"])
+
+
+def pack(examples: list[tuple[list[int], list[int]]], seq_len: int) -> list[Packed]:
+    """First-fit decreasing: few rows, little padding. Examples longer than a row are cut to it."""
+    rows: list[Packed] = []
+    for ids, mask in sorted(examples, key=lambda e: -len(e[0])):
+        ids, mask = ids[:seq_len], mask[:seq_len]
+        row = next((r for r in rows if len(r.token_ids) + len(ids) <= seq_len), None)
+        if row is None:
+            row = Packed([], [], [])
+            rows.append(row)
+        row.token_ids += ids
+        row.loss_mask += mask
+        row.lengths.append(len(ids))
+    return rows
+
+
+class SFTStage(Stage):
+    @dataclass
+    class Config:
+        steps: int = 100
+        rows_per_step: int = 8
+        micro_rows: int = 8
+        """Rows per forward pass; rows_per_step / micro_rows = gradient accumulation steps."""
+        seq_len: int = 512
+        demonstrations_per_domain: int = 1000
+        optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, min_lr=5e-6, warmup_steps=200))
+        checkpoint_every: int = 50
+
+    def run(self, start: Checkpoint, context) -> Checkpoint:
+        cfg = self.config
+        if cfg.rows_per_step % cfg.micro_rows:
+            raise ConfigError(f"{self.name}: rows_per_step ({cfg.rows_per_step}) must be a multiple of micro_rows ({cfg.micro_rows})")
+        policy = load_policy(start.path, context.config.model.dtype)
+        rows = self.rows(policy.tokenizer, context)
+        trainer = Trainer(policy, cfg.optim, cfg.steps)
+        context.stage.total_steps = cfg.steps
+        first = 1
+        resumed = context.last_step()
+        if resumed is not None:
+            trainer.load(resumed[1])
+            first = resumed[0] + 1
+        for step in range(first, cfg.steps + 1):
+            started = time.perf_counter()
+            batch = self.rows_for_step(rows, step, context.seed)
+            total_tokens = sum(sum(r.loss_mask[1:]) for r in batch)
+            loss_sum = 0.0
+            for i in range(0, len(batch), cfg.micro_rows):
+                loss = self.loss(policy.model, batch[i:i + cfg.micro_rows], trainer, total_tokens)
+                check_finite(loss, step)
+                loss.backward()
+                loss_sum += loss.item()
+            metrics = trainer.step()
+            tokens = sum(len(r.token_ids) for r in batch)
+            context.log(step, {"loss": loss_sum, "tokens_per_s": tokens / (time.perf_counter() - started), **metrics})
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                context.save_step(step, trainer.save)
+        trainer.close()
+        save_policy(policy, context.stage_dir / "checkpoint")
+        return Checkpoint(self.name, str(context.stage_dir / "checkpoint"))
+
+    def rows(self, tokenizer, context) -> list[Packed]:
+        examples = []
+        for domain in self.domains:
+            demos = context.environment(domain).demonstrations(self.config.demonstrations_per_domain, context.seed)
+            examples += [tokenize_conversation(tokenizer, conversation) for conversation in demos]
+        if not examples:
+            raise ConfigError(f"{self.name}: no demonstrations in domains {self.domains}: nothing to fine-tune on")
+        return pack(examples, self.config.seq_len)
+
+    def rows_for_step(self, rows: list[Packed], step: int, seed: int) -> list[Packed]:
+        """Epochs of shuffled rows; a function of (seed, step) only, so a resumed run sees the same data."""
+        n = self.config.rows_per_step
+        start = (step - 1) * n
+        picked = []
+        for position in range(start, start + n):
+            epoch, index = divmod(position, len(rows))
+            order = list(range(len(rows)))
+            random.Random(seed * 100_003 + epoch).shuffle(order)
+            picked.append(rows[order[index]])
+        return picked
+
+    @staticmethod
+    def loss(model, rows: list[Packed], trainer: Trainer, total_tokens: int) -> torch.Tensor:
+        width = max(len(r.token_ids) for r in rows)
+        pad = trainer.policy.pad_id
+        input_ids = torch.tensor([r.token_ids + [pad] * (width - len(r.token_ids)) for r in rows])
+        mask = torch.tensor([r.loss_mask + [0] * (width - len(r.loss_mask)) for r in rows])
+        enable_packed_sequences()  # idempotent: the Mamba layers must honour seq_idx on CPU too
+        position_ids, seq_idx = packed_inputs([r.lengths for r in rows], width)
+        trainer.balancer.token_mask = torch.tensor([[1] * len(r.token_ids) + [0] * (width - len(r.token_ids)) for r in rows])
+        logits = model(input_ids=input_ids, position_ids=position_ids, seq_idx=seq_idx, use_cache=False).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none")
+        target_mask = mask[:, 1:].reshape(-1).float()
+        return (nll * target_mask).sum() / max(1, total_tokens)

@@ -1,0 +1,382 @@
+"""Sequence packing for NemotronH on CPU: several samples in one row, no information flow between them.
+
+Why this exists
+---------------
+SFT packs short samples into one row to avoid padding. In a NemotronH model the tokens of a row meet in two places:
+
+* the attention ("full_attention") layers. transformers handles these itself: when `attention_mask is None`,
+  `past_key_values is None` (so pass `use_cache=False`: the config default `use_cache=True` makes the model build
+  a cache even in training, and then packing is not detected) and `position_ids` restart at 0 at each sample,
+  `masking_utils.create_causal_mask` detects the packed format (`find_packed_sequence_indices`: a new sample
+  wherever the position does not go up by 1) and builds a block-diagonal causal mask (checked for 5.20.2).
+* the Mamba-2 ("linear_attention") layers: the depthwise causal conv and the SSD chunk scan. transformers'
+  mixer forwards the model's `**kwargs` (so a `seq_idx=` given to `model(...)`) to the module-level functions
+  `causal_conv1d_fn`, `mamba2_chunk_scan` and, in training, `mamba2_split_conv1d_scan_combined`. With the
+  `causal_conv1d` / `mamba_ssm` CUDA kernels installed, `seq_idx` is honoured natively. Without them (any CPU),
+  `transformers.integrations.hub_kernels.use_kernel_func_from_hub_with_fallback` routes the calls to a
+  pure-torch reference that knows nothing about packing, and refuses (`ValueError`) as soon as `seq_idx` or
+  `cu_seqlens` is passed. (Without `seq_idx` the torch path silently lets the Mamba state and the conv window
+  run from one sample into the next.)
+
+This module supplies exact torch versions that honour `seq_idx` the way the `mamba_ssm` / `causal_conv1d`
+kernels do, and `enable_packed_sequences()` puts them into `transformers.models.nemotron_h.modeling_nemotron_h`
+where (and only where) the torch fallback would otherwise run. With `seq_idx=None` every replacement calls the
+original function with the original arguments, so the unpacked path is bit-identical.
+
+How the replacement reaches the mixer: `NemotronHMamba2Mixer.forward` calls these functions by their module-global
+names, looked up at call time, so rebinding the module attributes is enough. The `@use_kernelized_func([...])`
+class decorator is a no-op unless the `kernels` package is installed; with it, it only records the *original*
+function objects on each mixer instance for `kernelize` (`use_kernels=True`, GPU hub kernels), it does not change
+what `forward` calls. (A model kernelized with hub kernels is outside what this module handles.)
+
+Usage::
+
+    from cascade.models.packing import enable_packed_sequences, packed_inputs
+
+    enable_packed_sequences()                      # once, idempotent
+    packed = packed_inputs([[5, 37, 20], [16, 40]], seq_len=72)   # rows of sample lengths, rest is padding
+    out = model(input_ids, **packed.model_kwargs())  # position_ids, seq_idx, use_cache=False; no attention_mask
+
+The model's own `labels=` loss shifts across the whole row, so the last token of a sample would be trained to
+predict the first token of the next one: mask those targets (or compute the loss per sample).
+
+Semantics of `seq_idx`: (batch, seq_len) integers; a new sample starts wherever the value changes from one position
+to the next (ids are normalised internally, so they need not be increasing). Padding should be a sample of its own.
+`initial_states`, when given, belongs to the first sample of each row; the returned final state is that of the last
+sample. The chunk scan masks (i) the intra-chunk decay matrix to same-sample pairs, (ii) each chunk's end state to
+the positions of the chunk-end sample, (iii) the inter-chunk state passing to chunk ends of the same sample and
+(iv) the state-to-output term to positions in the sample of the previous chunk end -- as `mamba_ssm`'s kernels do.
+Masked entries are set to exactly -inf before `exp` (so exactly 0), not approximated by large negative numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
+from transformers.activations import ACT2FN
+
+# name in modeling_nemotron_h -> package whose real kernel would replace the torch fallback
+_PATCHED = {
+    "causal_conv1d_fn": "causal_conv1d",
+    "mamba2_chunk_scan": "mamba_ssm",
+    "mamba2_split_conv1d_scan_combined": "mamba_ssm",
+}
+# the function name inside that package, for the import check used when the wrapper cannot be inspected
+_PACKAGE_FUNC = {
+    "causal_conv1d_fn": "causal_conv1d_fn",
+    "mamba2_chunk_scan": "mamba_chunk_scan_combined",
+    "mamba2_split_conv1d_scan_combined": "mamba_split_conv1d_scan_combined",
+}
+_MARK = "__cascade_packed_original__"
+
+
+def _unwrap(fn):
+    return getattr(fn, _MARK, fn)
+
+
+# transformers' functions as they were before any patching (unwrap, in case this module is reloaded after install)
+_ORIGINAL = {name: _unwrap(getattr(_nemotron_h, name)) for name in _PATCHED}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building packed inputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PackedInputs(NamedTuple):
+    position_ids: torch.Tensor  # (batch, seq_len) long, restarting at 0 at every sample (and at the padding)
+    seq_idx: torch.Tensor  # (batch, seq_len) int32, 0, 1, 2, ... per row; the padding is one more sample
+
+    def model_kwargs(self) -> dict:
+        """What to pass to `model(input_ids, ...)` (and no attention_mask): packing is detected only without a cache."""
+        return {"position_ids": self.position_ids, "seq_idx": self.seq_idx, "use_cache": False}
+
+
+def packed_inputs(lengths: list[list[int]], seq_len: int | None = None, device=None) -> PackedInputs:
+    """position_ids and seq_idx for rows of packed samples.
+
+    `lengths[r]` lists the sample lengths of row r in order; positions after them (up to `seq_len`, default the
+    longest row) are padding, which gets position_ids 0, 1, ... and its own seq_idx so that it is a separate
+    "sample" for both the attention mask and the Mamba layers.
+    """
+    totals = [sum(row) for row in lengths]
+    if any(n <= 0 for row in lengths for n in row):
+        raise ValueError(f"sample lengths must be positive: {lengths}")
+    if seq_len is None:
+        seq_len = max(totals, default=0)
+    if any(total > seq_len for total in totals):
+        raise ValueError(f"a row is longer than seq_len={seq_len}: {totals}")
+    position_ids = torch.zeros(len(lengths), seq_len, dtype=torch.long)
+    seq_idx = torch.zeros(len(lengths), seq_len, dtype=torch.int32)
+    for r, row in enumerate(lengths):
+        start = 0
+        for i, n in enumerate([*row, seq_len - totals[r]]):
+            position_ids[r, start : start + n] = torch.arange(n)
+            seq_idx[r, start : start + n] = i
+            start += n
+    return PackedInputs(position_ids.to(device), seq_idx.to(device))
+
+
+def seq_idx_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """int32 seq_idx under transformers' own rule (masking_utils.find_packed_sequence_indices): a new sample starts
+    wherever the position does not increase by exactly 1. Keeps the Mamba layers and the attention mask in step."""
+    diff = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1)
+    return (diff != 1).cumsum(-1).to(torch.int32)
+
+
+def _segments(seq_idx, cu_seqlens, batch: int, seq_len: int, device) -> torch.Tensor:
+    """(batch, seq_len) long: 0, 1, 2, ... per row, +1 wherever seq_idx changes (so ids need not be sorted)."""
+    if seq_idx is None:  # cu_seqlens: 1-D cumulative boundaries [0, n1, n1+n2, ...] of a single packed row
+        if batch != 1:
+            raise ValueError("cu_seqlens describes a single packed row (batch size 1); pass seq_idx for batches")
+        cu = torch.as_tensor(cu_seqlens, device=device).long().flatten()
+        seq_idx = torch.bucketize(torch.arange(seq_len, device=device), cu[1:-1], right=True)[None]
+    seq_idx = torch.as_tensor(seq_idx, device=device)
+    if seq_idx.dim() == 1:
+        seq_idx = seq_idx[None]
+    seq_idx = seq_idx.expand(batch, seq_len)
+    change = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return F.pad(change.long().cumsum(-1), (1, 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The torch implementations
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs):
+    """Depthwise causal conv (hidden_states (batch, dim, seq_len), weight (dim, K)) that does not reach across
+    `seq_idx` boundaries: the output at t uses only inputs t-K+1..t of t's own sample, as `causal_conv1d` does.
+    Without `seq_idx` (and `cu_seqlens`) it is transformers' function, called unchanged."""
+    seq_idx, cu_seqlens = kwargs.pop("seq_idx", None), kwargs.pop("cu_seqlens", None)
+    if seq_idx is None and cu_seqlens is None:
+        return _ORIGINAL["causal_conv1d_fn"](hidden_states, weight, bias, activation, **kwargs)
+    batch, _, seq_len = hidden_states.shape
+    seg = _segments(seq_idx, cu_seqlens, batch, seq_len, hidden_states.device)
+    kernel = weight.shape[-1]
+    x = hidden_states.to(weight.dtype)
+    # cross-correlation, as F.conv1d: out[t] = sum_j weight[:, j] * x[t + j - (K - 1)]; shift = K - 1 - j
+    out = x * weight[:, kernel - 1, None]
+    for shift in range(1, min(kernel, seq_len)):
+        same = (seg[:, shift:] == seg[:, :-shift])[:, None, :]  # (batch, 1, seq_len - shift): t vs t - shift
+        term = x[..., :-shift] * weight[:, kernel - 1 - shift, None]
+        out = out + F.pad(term, (shift, 0))
+    if bias is not None:
+        out = out + bias[:, None]
+    if activation is not None:
+        out = ACT2FN[activation](out)
+    return out.to(hidden_states.dtype)
+
+
+def _segment_sum(x: torch.Tensor) -> torch.Tensor:
+    """[..., T] -> [..., T, T] with out[..., i, j] = sum_{k=j+1..i} x[k] for i >= j, -inf above the diagonal."""
+    size = x.size(-1)
+    x = x[..., None].expand(*x.size(), size)
+    x = x.masked_fill(~torch.tril(torch.ones(size, size, device=x.device, dtype=torch.bool), diagonal=-1), 0)
+    out = torch.cumsum(x, dim=-2)
+    return out.masked_fill(~torch.tril(torch.ones(size, size, device=x.device, dtype=torch.bool)), -torch.inf)
+
+
+def _pad_seq(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zero-pad dim 1 (the sequence) at the end."""
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+
+
+def mamba2_chunk_scan(
+    hidden_states,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    D=None,
+    dt_bias=None,
+    initial_states=None,
+    dt_softplus=False,
+    dt_limit=(0.0, float("inf")),
+    return_final_states=False,
+    **kwargs,
+):
+    """The SSD chunked scan (transformers' `mamba2_chunk_scan` signature: hidden_states (b, l, h, p), dt (b, l, h),
+    A (h,), B and C (b, l, g, n)) with `seq_idx` honoured exactly: no state or intra-chunk term crosses a sample
+    boundary. Without `seq_idx` (and `cu_seqlens`) it is transformers' function, called unchanged."""
+    seq_idx, cu_seqlens = kwargs.pop("seq_idx", None), kwargs.pop("cu_seqlens", None)
+    if seq_idx is None and cu_seqlens is None:
+        return _ORIGINAL["mamba2_chunk_scan"](
+            hidden_states,
+            dt,
+            A,
+            B,
+            C,
+            chunk_size,
+            D=D,
+            dt_bias=dt_bias,
+            initial_states=initial_states,
+            dt_softplus=dt_softplus,
+            dt_limit=dt_limit,
+            return_final_states=return_final_states,
+            **kwargs,
+        )
+    batch, seq_len, num_heads, head_dim = hidden_states.shape
+    num_groups = B.shape[2]
+    seg = _segments(seq_idx, cu_seqlens, batch, seq_len, hidden_states.device)
+
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
+
+    x = hidden_states.float()
+    B = B.float().repeat_interleave(num_heads // num_groups, dim=2, output_size=num_heads)
+    C = C.float().repeat_interleave(num_heads // num_groups, dim=2, output_size=num_heads)
+
+    pad = (chunk_size - seq_len % chunk_size) % chunk_size
+    D_residual = D[..., None] * _pad_seq(x, pad) if D is not None else None
+
+    x = x * dt[..., None].float()
+    A = A.to(x.dtype) * dt.float()
+    n_chunks = (seq_len + pad) // chunk_size
+    # (b, c, l, ...): chunk c, position l in the chunk. Padded positions: x = 0, A = 0 (no decay, no input), and
+    # they belong to the last sample, so the final state is untouched by them.
+    x, A, B, C = [_pad_seq(t, pad).reshape(batch, n_chunks, chunk_size, *t.shape[2:]) for t in (x, A, B, C)]
+    seg = torch.cat([seg, seg[:, -1:].expand(batch, pad)], dim=1).view(batch, n_chunks, chunk_size)
+
+    A = A.permute(0, 3, 1, 2)  # (b, h, c, l)
+    A_cumsum = torch.cumsum(A, dim=-1)
+
+    # 1. intra-chunk (diagonal blocks): decay matrix restricted to same-sample pairs (l, s)
+    same_ls = seg[:, :, :, None] == seg[:, :, None, :]  # (b, c, l, s)
+    L = torch.exp(_segment_sum(A).masked_fill(~same_ls[:, None], -torch.inf))  # (b, h, c, l, s)
+    G = torch.einsum("bclhn,bcshn->bclsh", C, B)
+    M = G * L.permute(0, 2, 3, 4, 1)
+    Y_diag = torch.einsum("bclsh,bcshp->bclhp", M, x)
+
+    # 2. each chunk's end state, from the positions of the chunk-end sample only
+    chunk_end = seg[:, :, -1]  # (b, c): the sample that owns the state at the end of chunk c
+    in_end_sample = seg == chunk_end[..., None]  # (b, c, l)
+    decay_states = torch.exp((A_cumsum[..., -1:] - A_cumsum).masked_fill(~in_end_sample[:, None], -torch.inf))
+    B_decay = B * decay_states.permute(0, 2, 3, 1)[..., None]
+    states = torch.einsum("bclhn,bclhp->bchpn", B_decay, x)
+
+    # 3. inter-chunk recurrence: a state flows only between chunk ends of the same sample. State 0 is the initial
+    # state, owned by the first position's sample.
+    previous = (
+        initial_states[:, None].to(dtype=states.dtype, device=states.device)
+        if initial_states is not None
+        else torch.zeros_like(states[:, :1])
+    )
+    states = torch.cat([previous, states], dim=1)  # (b, c + 1, h, p, n)
+    owner = torch.cat([seg[:, :1, 0], chunk_end], dim=1)  # (b, c + 1)
+    same_owner = owner[:, :, None] == owner[:, None, :]  # (b, target, source)
+    decay_chunk = torch.exp(
+        _segment_sum(F.pad(A_cumsum[..., -1], (1, 0))).masked_fill(~same_owner[:, None], -torch.inf)
+    ).transpose(1, 3)  # (b, source, target, h)
+    new_states = torch.einsum("bzch,bzhpn->bchpn", decay_chunk, states)
+    states, final_state = new_states[:, :-1], new_states[:, -1]
+
+    # 4. state -> output: only for positions in the sample that owns the state entering the chunk
+    uses_state = seg == owner[:, :-1, None]  # (b, c, l)
+    state_decay_out = torch.exp(A_cumsum.masked_fill(~uses_state[:, None], -torch.inf))
+    C_times_states = torch.einsum("bclhn,bchpn->bclhp", C, states)
+    Y_off = C_times_states * state_decay_out.permute(0, 2, 3, 1)[..., None]
+
+    output = (Y_diag + Y_off).contiguous().reshape(batch, -1, num_heads, head_dim)
+    if D_residual is not None:
+        output = output + D_residual
+    if pad > 0:
+        output = output[:, :seq_len]
+    if return_final_states:
+        return output, final_state
+    return output
+
+
+def mamba2_split_conv1d_scan_combined(*args, **kwargs):
+    """transformers' fused training path. Its torch fallback only returns None (meaning: take the unfused path) but
+    refuses `seq_idx`; with packing we return None ourselves, so the unfused path runs the functions above."""
+    if kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None:
+        return _ORIGINAL["mamba2_split_conv1d_scan_combined"](*args, **kwargs)
+    return None
+
+
+_REPLACEMENT = {
+    "causal_conv1d_fn": causal_conv1d_fn,
+    "mamba2_chunk_scan": mamba2_chunk_scan,
+    "mamba2_split_conv1d_scan_combined": mamba2_split_conv1d_scan_combined,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Installing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _is_torch_fallback(fn, name: str) -> bool:
+    """Whether transformers' wrapper `fn` would run its pure-torch reference (rather than a real kernel)."""
+    if inspect.isfunction(fn):
+        nonlocals = inspect.getclosurevars(fn).nonlocals
+        if "is_new_implementation" in nonlocals:  # use_kernel_func_from_hub_with_fallback's own verdict
+            return not nonlocals["is_new_implementation"]
+    # Unknown wrapper: mirror the decorator's rule (the package imports and has the function).
+    try:
+        module = importlib.import_module(_PATCHED[name])
+        return getattr(module, _PACKAGE_FUNC[name], None) is None
+    except Exception:
+        return True
+
+
+def enable_packed_sequences() -> dict[str, bool]:
+    """Install the seq_idx-aware torch functions into modeling_nemotron_h where the torch fallback would run.
+
+    Idempotent. Returns {function name: whether ours is installed}; False means a real kernel (which supports
+    seq_idx natively) is in place and was left alone.
+    """
+    installed = {}
+    for name, replacement in _REPLACEMENT.items():
+        current = getattr(_nemotron_h, name)
+        if hasattr(current, _MARK):
+            installed[name] = True
+        elif _is_torch_fallback(current, name):
+            def bound(*args, _replacement=replacement, _original=current, **kwargs):
+                if kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None:
+                    return _original(*args, **kwargs)  # the unpacked call, exactly as transformers makes it
+                return _replacement(*args, **kwargs)
+
+            bound.__name__ = bound.__qualname__ = name
+            bound.__doc__ = replacement.__doc__
+            setattr(bound, _MARK, current)
+            setattr(_nemotron_h, name, bound)
+            installed[name] = True
+        else:
+            installed[name] = False
+    return installed
+
+
+def disable_packed_sequences() -> None:
+    """Put transformers' own functions back (undo enable_packed_sequences)."""
+    for name in _REPLACEMENT:
+        current = getattr(_nemotron_h, name)
+        if hasattr(current, _MARK):
+            setattr(_nemotron_h, name, getattr(current, _MARK))
+
+
+def packed_sequences_enabled() -> bool:
+    return any(hasattr(getattr(_nemotron_h, name), _MARK) for name in _REPLACEMENT)
+
+
+__all__ = [
+    "PackedInputs",
+    "packed_inputs",
+    "seq_idx_from_position_ids",
+    "causal_conv1d_fn",
+    "mamba2_chunk_scan",
+    "mamba2_split_conv1d_scan_combined",
+    "enable_packed_sequences",
+    "disable_packed_sequences",
+    "packed_sequences_enabled",
+]

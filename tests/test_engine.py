@@ -1,0 +1,293 @@
+"""The training engine: rollouts, episodes, SFT packing and loss, GRPO maths, trainer guards, bad input."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cascade import Environment, Episode, Reward, RewardResult, Sample, StepResult
+from cascade.config import ConfigError, EvalConfig
+from cascade.engine.grpo import Batch, GRPOStage, group_advantages, score_group
+from cascade.engine.moe import ExpertBalancer, find_routers, freeze_routers
+from cascade.engine.policy import init_checkpoint, load_policy, save_policy
+from cascade.engine.rollout import HFRolloutEngine, collect_episodes, generation_prefix
+from cascade.engine.sft import Packed, SFTStage, pack, tokenize_conversation
+from cascade.engine.trainer import NonFiniteLossError, OptimConfig, Trainer, token_logprobs
+from cascade.types import SamplingParams
+
+
+class Arithmetic(Environment):
+    """Sums of two digits; the demonstrations answer them."""
+
+    domain = "sums"
+
+    def samples(self, split, n, seed):
+        import random
+
+        rng = random.Random(f"{split}{seed}")
+        pairs = [(rng.randint(0, 9), rng.randint(0, 9)) for _ in range(n)]
+        return [Sample(f"{a}+{b}", "sums", [{"role": "user", "content": f"{a}+{b}="}], a + b) for a, b in pairs]
+
+    def demonstrations(self, n, seed):
+        return [[*s.messages, {"role": "assistant", "content": f"<think></think>{s.answer}"}] for s in self.samples("train", n, seed)]
+
+
+class TwoTurns(Arithmetic):
+    """After the first answer the user asks to double it: a multi-turn episode."""
+
+    max_turns = 2
+
+    def step(self, sample, messages):
+        if len(messages) == 2:
+            return StepResult([{"role": "user", "content": "Double it."}], done=False, metrics={"asked": 1.0})
+        return StepResult(done=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("init") / "model"
+    model_config = OmegaConf.create({"path": None, "arch": "tiny_nemotron_h", "options": {"vocab_size": 300}, "dtype": "float32"})
+    return init_checkpoint(model_config, str(path), seed=0, environments={"sums": Arithmetic()})
+
+
+@pytest.fixture
+def policy(checkpoint):
+    return load_policy(checkpoint.path)
+
+
+# ---- checkpoints and bad input --------------------------------------------------------------------
+
+
+def test_init_checkpoint_is_a_standard_hf_directory(checkpoint):
+    from pathlib import Path
+
+    files = {p.name for p in Path(checkpoint.path).iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= files
+    assert len(checkpoint.lineage) == 16
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="is not a Hugging Face model directory"):
+        load_policy(tmp_path / "nope")
+
+
+def test_tokenizer_without_chat_template_is_a_clear_error(policy, tmp_path):
+    policy.tokenizer.chat_template = None
+    save_policy(policy, tmp_path / "bare")
+    with pytest.raises(ConfigError, match="has no chat template"):
+        load_policy(tmp_path / "bare")
+
+
+def test_no_demonstrations_is_a_clear_error(policy):
+    class Empty(Arithmetic):
+        def demonstrations(self, n, seed):
+            return []
+
+    stage = SFTStage("sft", SFTStage.Config(), ["sums"])
+    context = SimpleNamespace(environment=lambda d: Empty(), seed=0)
+    with pytest.raises(ConfigError, match="no demonstrations in domains"):
+        stage.rows(policy.tokenizer, context)
+
+
+# ---- rollouts --------------------------------------------------------------------------------------
+
+
+def test_rollout_logprobs_match_the_trainer_and_routing_is_recorded(policy):
+    engine = HFRolloutEngine(policy, batch_size=4)
+    prompts = [policy.tokenizer("<|im_start|>user\n1+2=<|im_end|>\n<|im_start|>assistant\n")["input_ids"],
+               policy.tokenizer("<|im_start|>user\n7+8=<|im_end|>\n<|im_start|>assistant\n<think></think>")["input_ids"]]
+    torch.manual_seed(0)
+    groups = engine.generate(prompts, SamplingParams(max_new_tokens=12, temperature=0.8, n=3))
+    assert [len(g) for g in groups] == [3, 3]
+    routers = find_routers(policy.model)
+    for prompt, group in zip(prompts, groups):
+        for gen in group:
+            assert gen.finish_reason in ("stop", "length") and len(gen.token_ids) == len(gen.logprobs) <= 12
+            assert gen.routed_experts.shape == (len(prompt) + len(gen.token_ids), len(routers), 2)
+            ids = torch.tensor([prompt + gen.token_ids])
+            trainer_logprobs, _ = token_logprobs(policy.model.eval(), ids, temperature=0.8)
+            expected = trainer_logprobs[0, len(prompt) - 1:]
+            assert torch.allclose(expected, torch.tensor(gen.logprobs), atol=1e-3)
+
+
+def test_greedy_generation_is_deterministic(policy):
+    engine = HFRolloutEngine(policy)
+    prompt = [policy.tokenizer("<|im_start|>user\n3+4=<|im_end|>\n<|im_start|>assistant\n")["input_ids"]]
+    a = engine.generate(prompt, SamplingParams(max_new_tokens=8, temperature=0.0))
+    b = engine.generate(prompt, SamplingParams(max_new_tokens=8, temperature=0.0))
+    assert a[0][0].token_ids == b[0][0].token_ids
+
+
+def test_multi_turn_episodes_mask_only_model_tokens(policy):
+    env = TwoTurns()
+    samples = env.samples("train", 2, 0)
+    episodes = collect_episodes(HFRolloutEngine(policy), policy, env, samples, SamplingParams(max_new_tokens=6, temperature=1.0, n=2))
+    assert len(episodes) == 4 and [e.sample.id for e in episodes][:2] == [samples[0].id] * 2
+    tok = policy.tokenizer
+    for e in episodes:
+        assert len(e.token_ids) == len(e.loss_mask) == len(e.logprobs)
+        # every token with mask 0 after the prompt came from the environment, rendered by the template
+        text = tok.decode(e.token_ids, skip_special_tokens=False)
+        assert text.startswith(tok.apply_chat_template(e.sample.messages, tokenize=False, add_generation_prompt=True, enable_thinking=False))
+        assert all(lp == 0.0 for lp, m in zip(e.logprobs, e.loss_mask) if m == 0)
+        if not e.truncated:
+            assert "Double it." in text and e.metrics == {"asked": 1.0}
+            assert [m["role"] for m in e.messages] == ["user", "assistant", "user", "assistant"]
+            env_tokens = tok("<|im_start|>user\nDouble it.<|im_end|>", add_special_tokens=False)["input_ids"]
+            masked_runs = "".join(str(m) for m in e.loss_mask)
+            assert "10" in masked_runs and "01" in masked_runs  # model, then environment, then model again
+            start = next(i for i in range(len(e.token_ids)) if e.token_ids[i:i + len(env_tokens)] == env_tokens)
+            assert all(m == 0 for m in e.loss_mask[start:start + len(env_tokens)])
+
+
+def test_generation_prefix_is_the_empty_think_block(policy):
+    assert generation_prefix(policy, thinking=False) == "<think></think>"
+    assert generation_prefix(policy, thinking=True) == "<think>\n"
+
+
+# ---- SFT ---------------------------------------------------------------------------------------------
+
+
+def test_packing_fills_rows_without_splitting_samples():
+    examples = [([1] * n, [0] * (n - 2) + [1, 1]) for n in (300, 200, 200, 100, 50, 40)]
+    rows = pack(examples, seq_len=512)
+    assert sorted(n for r in rows for n in r.lengths) == [40, 50, 100, 200, 200, 300]
+    assert all(len(r.token_ids) == sum(r.lengths) <= 512 and len(r.loss_mask) == len(r.token_ids) for r in rows)
+    assert len(rows) == 2
+
+
+def test_sft_loss_is_assistant_cross_entropy_of_each_sample_alone(policy):
+    """Packed loss == the loss of each conversation run on its own, counting assistant targets only."""
+    first, second = Arithmetic().demonstrations(2, 0)
+    (ids1, mask1), (ids2, mask2) = tokenize_conversation(policy.tokenizer, first), tokenize_conversation(policy.tokenizer, second)
+    answer = policy.tokenizer(first[1]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert [t for t, m in zip(ids1, mask1) if m] == answer
+    trainer = Trainer(policy, OptimConfig(), 1)
+    total = sum(mask1[1:]) + sum(mask2)
+    packed = SFTStage.loss(policy.model, [Packed(ids1 + ids2, mask1 + mask2, [len(ids1), len(ids2)])], trainer, total)
+    expected = 0.0
+    for ids, mask in ((ids1, mask1), (ids2, mask2)):
+        logits = policy.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1]
+        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+        expected += (nll * torch.tensor(mask[1:], dtype=torch.float32)).sum().item()
+    # the first token of the second sample is a prompt token: its target from sample one is masked
+    assert mask2[0] == 0
+    assert packed.item() == pytest.approx(expected / total, rel=1e-4)
+
+
+def test_rows_for_step_depend_only_on_seed_and_step():
+    stage = SFTStage("sft", SFTStage.Config(rows_per_step=3), ["sums"])
+    rows = [Packed([i], [1], [1]) for i in range(7)]
+    assert stage.rows_for_step(rows, 5, 0) == stage.rows_for_step(rows, 5, 0)
+    epoch = [r.token_ids[0] for s in (1, 2) for r in stage.rows_for_step(rows, s, 0)][:6]
+    assert len(set(epoch)) == 6  # within an epoch no row repeats
+
+
+# ---- GRPO ----------------------------------------------------------------------------------------------
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    adv = group_advantages(rewards)
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5)
+    assert torch.all(adv[1] == 0)  # a uniform group carries no signal
+
+
+def test_batch_aligns_masks_and_logprobs_with_targets():
+    sample = Sample("s", "d", [])
+    e1 = Episode(sample, [], [5, 6, 7, 8], [0, 0, 1, 1], [0.0, 0.0, -0.5, -0.25])
+    e2 = Episode(sample, [], [5, 9], [0, 1], [0.0, -1.0])
+    batch = Batch.of([e1, e2], torch.tensor([1.0, -1.0]), pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8], [5, 9, 0, 0]]
+    assert batch.mask.tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert batch.rollout_logprobs.tolist() == [[0.0, -0.5, -0.25], [-1.0, 0.0, 0.0]]
+
+
+def test_on_policy_loss_is_token_level_policy_gradient(policy):
+    """One update: ratio is 1, loss = -sum(A_i * mask) / tokens, gradient = -sum(A grad logp) / tokens."""
+    stage = GRPOStage("g", GRPOStage.Config(), ["sums"])
+    stage.reference = None
+    trainer = Trainer(policy, OptimConfig(lr=0.0), 1)
+    sample = Sample("s", "d", [])
+    episodes = [Episode(sample, [], [1, 20, 30, 40, 2], [0, 0, 1, 1, 1], [0.0] * 5),
+                Episode(sample, [], [1, 20, 50, 2], [0, 0, 1, 1], [0.0] * 4)]
+    batch = Batch.of(episodes, torch.tensor([0.5, -2.0]), policy.pad_id)
+    metrics = stage.update(batch, trainer, step=1)
+    assert metrics["loss"] == pytest.approx(-(0.5 * 3 - 2.0 * 2) / 5, abs=1e-6)
+    assert metrics["clip_fraction"] == 0.0 and metrics["kl"] == 0.0
+
+
+def test_score_group_turns_a_crashing_reward_into_zeros():
+    class Crashing(Reward):
+        def score(self, episodes_G):
+            raise RuntimeError("boom")
+
+    class Timing(Reward):
+        def score(self, episodes_G):
+            return [RewardResult(0.0, info={"status": "timeout"}), RewardResult(1.0)]
+
+    group = [Episode(Sample("s", "d", []), [], [], [], [])] * 2
+    assert score_group(Crashing(), group) == ([0.0, 0.0], {"error": 2})
+    assert score_group(Timing(), group) == ([0.0, 1.0], {"timeout": 1, "ok": 1})
+
+
+# ---- trainer -----------------------------------------------------------------------------------------
+
+
+def test_schedule_warms_up_then_decays(policy):
+    trainer = Trainer(policy, OptimConfig(lr=1.0, min_lr=0.1, warmup_steps=4, warmup_start_lr=0.2), total_steps=14)
+    assert [round(trainer.lr_at(s), 3) for s in range(4)] == [0.4, 0.6, 0.8, 1.0]
+    assert trainer.lr_at(4) == pytest.approx(1.0) and trainer.lr_at(9) == pytest.approx(0.55) and trainer.lr_at(14) == pytest.approx(0.1)
+
+
+def test_nan_gradients_stop_the_step(policy):
+    trainer = Trainer(policy, OptimConfig(), 1)
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    next(policy.model.parameters()).grad = torch.full_like(next(policy.model.parameters()), float("nan"))
+    with pytest.raises(NonFiniteLossError, match="gradient norm is nan at step 1"):
+        trainer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
+
+
+def test_router_freezing_and_bias_balancing(policy):
+    assert freeze_routers(policy.model) == 3
+    routers = find_routers(policy.model)
+    assert all(not r.weight.requires_grad for r in routers)
+    balancer = ExpertBalancer(policy.model, rate=0.01)
+    policy.model.train()
+    policy.model(input_ids=torch.randint(10, 200, (2, 16)), use_cache=False)
+    metrics = balancer.update()
+    assert metrics["moe_max_over_mean_load"] >= 1.0
+    biases = torch.stack([r.e_score_correction_bias for r in routers])
+    assert set(round(b, 6) for b in biases.unique().tolist()) <= {-0.01, 0.0, 0.01} and biases.abs().sum() > 0
+    balancer.close()
+
+
+def test_trainer_state_round_trips(policy, tmp_path):
+    trainer = Trainer(policy, OptimConfig(lr=1e-3), 10)
+    policy.model(input_ids=torch.randint(10, 200, (2, 8)), use_cache=False).logits.mean().backward()
+    trainer.step()
+    trainer.save(tmp_path)
+    reference = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(1.0)
+    trainer.load(tmp_path)
+    assert trainer.step_count == 1
+    assert all(torch.equal(reference[k], v) for k, v in policy.model.state_dict().items())
+
+
+def test_evaluation_scores_the_held_out_split(checkpoint):
+    from cascade.engine.evaluate import evaluate
+
+    class AlwaysRight(Reward):
+        def score(self, episodes_G):
+            return [RewardResult(1.0) for _ in episodes_G]
+
+    options = EvalConfig(n=4, max_new_tokens=4, batch_size=4)
+    result = evaluate(checkpoint, Arithmetic(), AlwaysRight(), options, seed=0)
+    assert result["score"] == 1.0 and result["n"] == 4.0
+    assert evaluate(checkpoint.__class__("x", "/nonexistent"), Arithmetic(), AlwaysRight(), options, 0) is None
