@@ -20,6 +20,7 @@ from cascade.types import (
     Sample,
     SamplingParams,
     Stage,
+    StageError,
     StepResult,
     Teacher,
 )
@@ -28,6 +29,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Checkpoint", "Environment", "Episode", "Generation", "Message", "Metrics", "Reward", "RewardResult",
-    "RolloutEngine", "RunInfo", "Sample", "SamplingParams", "Stage", "StageContext", "StageInfo", "StepResult",
+    "RolloutEngine", "RunInfo", "Sample", "SamplingParams", "Stage", "StageContext", "StageError", "StageInfo", "StepResult",
     "Teacher", "hookimpl",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from cascade.config import ConfigError, describe_error, register_configs
 from cascade.plugins import PluginError, PluginManager
 from cascade.report import is_complete
+from cascade.types import StageError
 
 USAGE = __doc__
 
@@ -70,6 +71,10 @@ def train(overrides: list[str]) -> int:
     except (HydraException, OmegaConfBaseException) as exc:
         print(f"cascade: config error: {describe_error(exc)}", file=sys.stderr)
         return 2
+    except StageError as exc:
+        print(f"cascade: stage failed: {exc}\nFinished stages and step checkpoints are kept: fix the cause, then "
+              f"run the same command with resume=true.", file=sys.stderr)
+        return 1
     finally:
         sys.argv = saved_argv
     return 0
@@ -79,10 +84,12 @@ def run_task(cfg) -> None:
     """Hydra's task function: one run of one cascade (one job of a sweep)."""
     import torch
     from hydra.core.hydra_config import HydraConfig
+    from transformers.utils import logging as hf_logging
 
     from cascade.runner import CascadeRunner
 
     torch.set_num_threads(cfg.threads)
+    hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the console logger
     run_dir = resolve_run_dir(cfg, Path(HydraConfig.get().runtime.output_dir))
     CascadeRunner(cfg, plugins(), run_dir).run()
 

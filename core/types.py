@@ -125,6 +125,10 @@ class Checkpoint:
         return cls(data["stage"], data["path"], data.get("lineage", ""), data.get("meta", {}))
 
 
+class StageError(RuntimeError):
+    """A stage cannot go on (NaN loss, a broken dataset...); its last step checkpoint is left intact."""
+
+
 class Environment(abc.ABC):
     """Produces a domain's prompts and answers the model's turns.
 

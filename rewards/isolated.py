@@ -29,8 +29,8 @@ import time
 import types
 import weakref
 from collections import deque
-from contextlib import contextmanager, nullcontext
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait

@@ -108,10 +108,11 @@ def verify_math(response: str, gold: str, *, timeout_seconds: int | None = 5,
     evaluates what it reads, so `\boxed{3+4}` equals 7; with `require_number` the box must
     hold a number written out (`7`, `-3/2`, `0.5`, `\frac{-3}{2}`, `x = 7`), which is what
     you want when the question is itself an expression: otherwise copying it scores 1.
-    `timeout_seconds`
-    is math-verify's own limit (whole seconds) for each parse and comparison; when it fires,
-    math-verify logs a warning and the answer counts as wrong. Raises ValueError if `gold`
-    itself cannot be parsed: that is a data bug, not a wrong answer.
+
+    `timeout_seconds` is math-verify's own limit (whole seconds) for each parse and
+    comparison; when it fires, math-verify logs a warning and the answer counts as wrong.
+    Raises ValueError if `gold` itself cannot be parsed: that is a data bug, not a wrong
+    answer.
     """
     alarm = _alarm_seconds(timeout_seconds)
     gold_parsed = parse(f"${gold}$", _GOLD_CONFIG, parsing_timeout=alarm)

@@ -17,6 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TESTS = Path(__file__).parent
 TOY_PLUGIN_DIR = TESTS / "plugins" / "toy"
+CRASH_PLUGIN_DIR = TESTS / "plugins" / "crash"
 TOY_ARGS = ["cascade=toy", "model=toy_table", "loggers=[]"]
 
 
@@ -31,10 +32,11 @@ def pytest_configure(config):
 
 @pytest.fixture
 def toy_env(monkeypatch):
-    """Environment in which `cascade` loads the toy plugin (tests/plugins/toy) without installing it."""
+    """Environment in which `cascade` loads the toy plugin (tests/plugins/toy) without installing it,
+    and the crash plugin (tests/plugins/crash: ``CASCADE_CRASH_AT=STAGE:STEP`` kills the process)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TOY_PLUGIN_DIR), env.get("PYTHONPATH", "")]))
-    env["CASCADE_PLUGINS"] = "cascade_toy.plugin"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TOY_PLUGIN_DIR), str(CRASH_PLUGIN_DIR), env.get("PYTHONPATH", "")]))
+    env["CASCADE_PLUGINS"] = "cascade_toy.plugin,cascade_crash"
     monkeypatch.syspath_prepend(str(TOY_PLUGIN_DIR))
     monkeypatch.setenv("CASCADE_PLUGINS", "cascade_toy.plugin")
     return env

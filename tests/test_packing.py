@@ -114,6 +114,9 @@ def test_packed_logits_equal_each_sample_alone(model, batch):
         for row, start, n in samples():
             alone = model(input_ids[row : row + 1, start : start + n], use_cache=False).logits[0]
             torch.testing.assert_close(logits[row, start : start + n], alone, atol=1e-5, rtol=1e-5)
+        # forgetting use_cache=False would silently leak through attention (no packed mask with a cache): refused
+        with pytest.raises(ValueError, match="use_cache=False"):
+            model(input_ids, position_ids=packed.position_ids, seq_idx=packed.seq_idx)
         # and it matters: without seq_idx the later samples see the earlier ones
         leaky = model(input_ids, position_ids=packed.position_ids, use_cache=False).logits
         assert (leaky[0, 5:42] - logits[0, 5:42]).abs().max() > 1e-2
@@ -250,6 +253,9 @@ def test_causal_conv1d_respects_sample_boundaries():
     w, bias = torch.randn(6, 4, generator=g), torch.randn(6, generator=g)
     ours = packing.causal_conv1d_fn(x, w, bias, activation="silu", seq_idx=SEQ_IDX)
     torch.testing.assert_close(ours, naive_conv(x, w, bias, SEQ_IDX), atol=1e-5, rtol=1e-5)
+    # cu_seqlens (one packed row) means the same as seq_idx
+    cu = torch.tensor([0, 3, 17, 18, 30, 45])
+    torch.testing.assert_close(packing.causal_conv1d_fn(x[:1], w, bias, activation="silu", cu_seqlens=cu), ours[:1])
     # no boundaries at all: the same as the plain conv
     one = torch.zeros_like(SEQ_IDX)
     plain = packing.causal_conv1d_fn(x, w, bias, activation="silu")
@@ -290,21 +296,17 @@ def test_chunk_scan_matches_sequential_recurrence_with_resets(with_initial_state
     args = scan_inputs(g, batch, seq_len, heads=4, groups=2)
     x, dt, A, B, C = args["pos"]
     init = torch.randn(batch, 4, 3, 5, generator=g) if with_initial_state else None
-    y, final = packing.mamba2_chunk_scan(
-        x, dt, A, B, C, 8, D=args["D"], dt_bias=args["dt_bias"], initial_states=init, dt_softplus=True,
-        return_final_states=True, seq_idx=SEQ_IDX,
-    )  # fmt: skip
+    kw = dict(D=args["D"], dt_bias=args["dt_bias"], initial_states=init, dt_softplus=True)
+    y, final = packing.mamba2_chunk_scan(x, dt, A, B, C, 8, **kw, return_final_states=True, seq_idx=SEQ_IDX)
     y_ref, final_ref = naive_scan(x, dt, A, B, C, args["D"], args["dt_bias"], SEQ_IDX, init)
     torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(final, final_ref, atol=1e-4, rtol=1e-4)
 
     # the reference itself agrees with transformers' scan when nothing is packed
     one = torch.zeros_like(SEQ_IDX)
-    y_plain = packing.mamba2_chunk_scan(
-        x, dt, A, B, C, 8, D=args["D"], dt_bias=args["dt_bias"], initial_states=init, dt_softplus=True
-    )
-    torch.testing.assert_close(y_plain, naive_scan(x, dt, A, B, C, args["D"], args["dt_bias"], one, init)[0],
-                               atol=1e-4, rtol=1e-4)  # fmt: skip
+    y_plain = packing.mamba2_chunk_scan(x, dt, A, B, C, 8, **kw)
+    y_plain_ref, _ = naive_scan(x, dt, A, B, C, args["D"], args["dt_bias"], one, init)
+    torch.testing.assert_close(y_plain, y_plain_ref, atol=1e-4, rtol=1e-4)
 
 
 def test_chunk_scan_gradients_match_the_recurrence():
@@ -320,9 +322,13 @@ def test_chunk_scan_gradients_match_the_recurrence():
         (fn(*leaves) * weights).sum().backward()
         return [t.grad.clone() for t in leaves]
 
-    ours = grads(lambda x, dt, A, B, C, D, dt_bias: packing.mamba2_chunk_scan(
-        x, dt, A, B, C, 8, D=D, dt_bias=dt_bias, dt_softplus=True, seq_idx=SEQ_IDX))  # fmt: skip
-    ref = grads(lambda x, dt, A, B, C, D, dt_bias: naive_scan(x, dt, A, B, C, D, dt_bias, SEQ_IDX)[0])
+    def chunked(x, dt, A, B, C, D, dt_bias):
+        return packing.mamba2_chunk_scan(x, dt, A, B, C, 8, D=D, dt_bias=dt_bias, dt_softplus=True, seq_idx=SEQ_IDX)
+
+    def sequential(x, dt, A, B, C, D, dt_bias):
+        return naive_scan(x, dt, A, B, C, D, dt_bias, SEQ_IDX)[0]
+
+    ours, ref = grads(chunked), grads(sequential)
     for a, b in zip(ours, ref):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

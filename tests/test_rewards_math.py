@@ -115,48 +115,9 @@ def test_unparsable_gold_is_an_error_not_a_wrong_answer() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# IsolatedWorker. Functions run in the child, so they live at module level.
+# IsolatedWorker. The functions it runs are picklable stdlib ones (eval, time.sleep, ...),
+# so children never import this module (and the sympy it pulls in): they start in ms.
 # --------------------------------------------------------------------------------------
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def sleep_then_return(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
-
-
-def sleep_forever(_: object) -> None:
-    while True:
-        time.sleep(1)
-
-
-def spawn_grandchild_then_hang(pid_file: str) -> None:
-    child = subprocess.Popen(["sleep", "600"])
-    Path(pid_file).write_text(str(child.pid))
-    sleep_forever(None)
-
-
-def raise_value_error(message: str) -> None:
-    raise ValueError(message)
-
-
-def exit_hard(code: int) -> None:
-    os._exit(code)
-
-
-def segfault(_: object) -> None:
-    ctypes.string_at(0)
-
-
-def return_unpicklable(_: object) -> object:
-    return lambda: None
-
-
-def failing_initializer() -> None:
-    raise RuntimeError("no luck")
 
 
 def gone(pid: int) -> bool:
@@ -183,70 +144,59 @@ def worker():
 
 
 def test_map_returns_values_in_order(worker: IsolatedWorker) -> None:
-    outcomes = worker.map(square, range(20), timeout=5)
+    outcomes = worker.map(abs, range(-10, 10), timeout=5)
     assert [o.status for o in outcomes] == ["ok"] * 20
-    assert [o.value for o in outcomes] == [x * x for x in range(20)]
+    assert [o.value for o in outcomes] == [abs(x) for x in range(-10, 10)]
 
 
 def test_timeout_kills_the_call_and_the_worker_recovers(worker: IsolatedWorker) -> None:
-    worker.call(square, 1, timeout=30)  # children import this module outside the timed call
+    worker.call(time.sleep, 0, timeout=30)  # load the function outside the timed call
     pids_before = worker.pids
     start = time.monotonic()
-    outcome = worker.call(sleep_forever, None, timeout=0.5)
+    outcome = worker.call(time.sleep, 3600, timeout=0.5)
     elapsed = time.monotonic() - start
     assert outcome.status == "timeout"
     assert 0.5 <= outcome.seconds <= elapsed < 0.5 + 1.5
     assert wait_until_gone([pid for pid in pids_before if pid not in worker.pids])
-    assert worker.call(square, 7, timeout=5).value == 49
+    assert worker.call(abs, -7, timeout=5).value == 7
 
 
 def test_timeout_kills_what_the_call_spawned(worker: IsolatedWorker, tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
-    outcome = worker.call(spawn_grandchild_then_hang, str(pid_file), timeout=1.0)
+    command = ["sh", "-c", f"sleep 600 & echo $! > {pid_file}; wait"]
+    outcome = worker.call(subprocess.run, command, timeout=1.0)
     assert outcome.status == "timeout"
     assert wait_until_gone([int(pid_file.read_text())])
 
 
 def test_error_reports_the_exception(worker: IsolatedWorker) -> None:
-    outcome = worker.call(raise_value_error, "boom", timeout=5)
+    outcome = worker.call(int, "boom", timeout=5)
     assert outcome.status == "error"
-    assert "ValueError: boom" in outcome.error
-    assert worker.call(square, 3, timeout=5).value == 9
+    assert "ValueError: invalid literal" in outcome.error
+    assert worker.call(abs, -3, timeout=5).value == 3
 
 
-@pytest.mark.parametrize(("fn", "reason"), [(exit_hard, "exited with code 3"), (segfault, "SIGSEGV")])
-def test_crash_is_reported_and_the_worker_restarts(worker: IsolatedWorker, fn, reason) -> None:
-    outcome = worker.call(fn, 3, timeout=5)
+@pytest.mark.parametrize(("fn", "item", "reason"), [
+    (os._exit, 3, "exited with code 3"),
+    (ctypes.string_at, 0, "SIGSEGV"),  # reads address 0
+])
+def test_crash_is_reported_and_the_worker_restarts(worker: IsolatedWorker, fn, item, reason) -> None:
+    outcome = worker.call(fn, item, timeout=5)
     assert outcome.status == "crashed"
     assert reason in outcome.error
-    assert worker.call(square, 4, timeout=5).value == 16
+    assert worker.call(abs, -4, timeout=5).value == 4
 
 
 def test_mixed_batch_keeps_each_outcome_in_place(worker: IsolatedWorker) -> None:
-    calls = [(square, 2), (sleep_forever, None), (raise_value_error, "x"), (exit_hard, 1),
-             (sleep_then_return, 0.1)]
-    # One map runs one function; dispatch through a tiny trampoline instead.
-    outcomes = worker.map(call_pair, calls, timeout=1.0)
+    snippets = ["2*2", "__import__('time').sleep(3600)", "int('x')", "__import__('os')._exit(1)",
+                "__import__('time').sleep(0.1) or 5"]
+    outcomes = worker.map(eval, snippets, timeout=1.0)
     assert [o.status for o in outcomes] == ["ok", "timeout", "error", "crashed", "ok"]
-    assert outcomes[0].value == 4 and outcomes[4].value == 0.1
-
-
-def call_pair(pair):
-    fn, arg = pair
-    return fn(arg)
-
-
-def modules_loaded(_: object) -> set[str]:
-    return set(sys.modules)
-
-
-def test_children_do_not_rerun_the_parents_main_script(worker: IsolatedWorker) -> None:
-    # Otherwise every (re)started child would import whatever the main script imports.
-    assert "__mp_main__" not in worker.call(modules_loaded, None, timeout=5).value
+    assert outcomes[0].value == 4 and outcomes[4].value == 5
 
 
 def test_unpicklable_result_is_an_error(worker: IsolatedWorker) -> None:
-    outcome = worker.call(return_unpicklable, None, timeout=5)
+    outcome = worker.call(open, os.devnull, timeout=5)  # a file object cannot travel back
     assert outcome.status == "error" and "could not send the result back" in outcome.error
 
 
@@ -256,14 +206,14 @@ def test_fn_must_be_picklable(worker: IsolatedWorker) -> None:
 
 
 def test_failing_initializer_raises_instead_of_hanging() -> None:
-    with IsolatedWorker(initializer=failing_initializer) as w:
+    with IsolatedWorker(initializer=int, initargs=("no luck",)) as w:
         with pytest.raises(WorkerStartError, match="no luck"):
-            w.call(square, 2, timeout=5)
+            w.call(abs, 2, timeout=5)
 
 
 def test_close_leaves_no_process_behind() -> None:
     w = IsolatedWorker(processes=2).start()
-    assert w.call(square, 5, timeout=5).value == 25
+    assert w.call(abs, -5, timeout=5).value == 5
     pids = w.pids
     assert len(pids) == 2 and all(psutil.pid_exists(pid) for pid in pids)
     w.close()
@@ -271,8 +221,31 @@ def test_close_leaves_no_process_behind() -> None:
     descendants = {p.pid for p in psutil.Process().children(recursive=True)}
     assert not descendants & set(pids)
     with pytest.raises(RuntimeError, match="closed"):
-        w.call(square, 1, timeout=1)
+        w.call(abs, 1, timeout=1)
     w.close()  # closing twice is fine
+
+
+MAIN_SCRIPT = """
+import os
+from cascade.rewards.isolated import IsolatedWorker
+
+with open(os.environ["RUN_LOG"], "a") as log:  # runs once per process that executes this script
+    log.write(f"{os.getpid()}\\n")
+
+if __name__ == "__main__":
+    with IsolatedWorker() as plain, IsolatedWorker(inherit_main=True) as inheriting:
+        assert plain.call(abs, -2, timeout=30).value == 2
+        assert inheriting.call(abs, -3, timeout=30).value == 3
+"""
+
+
+def test_children_do_not_rerun_the_parents_main_script(tmp_path: Path) -> None:
+    # Otherwise every (re)started child would import whatever the main script imports.
+    script, log = tmp_path / "main_script.py", tmp_path / "runs.log"
+    script.write_text(MAIN_SCRIPT)
+    env = {**os.environ, "RUN_LOG": str(log), "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=60)
+    assert len(log.read_text().split()) == 2  # the parent, and the inherit_main child only
 
 
 # --------------------------------------------------------------------------------------
@@ -280,11 +253,16 @@ def test_close_leaves_no_process_behind() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_math_verifier_scores_a_batch_with_statuses() -> None:
+@pytest.fixture(scope="module")
+def verifier():
+    with MathVerifier(timeout=3.0, processes=2) as v:
+        yield v
+
+
+def test_math_verifier_scores_a_batch_with_statuses(verifier: MathVerifier) -> None:
     pairs = [(r"\boxed{0.5}", "1/2"), (r"\boxed{3}", "4"), (r"no box", "4"),
              (r"\boxed{7}", ""), (r"<think>\boxed{2}</think>\boxed{-3/2}", "-1.5")]
-    with MathVerifier(timeout=5.0, processes=2) as verifier:
-        result = verifier.score(pairs)
+    result = verifier.score(pairs)
     assert result.scores == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert result.statuses == ["ok", "ok", "ok", "error", "ok"]
     assert "gold" in result.errors[3]
@@ -294,3 +272,24 @@ def test_math_verifier_scores_a_batch_with_statuses() -> None:
 def test_math_verifier_require_number() -> None:
     with MathVerifier(timeout=5.0, require_number=True) as verifier:
         assert verifier.score([(r"\boxed{3+4}", "7"), (r"\boxed{7}", "7")]).scores == [0.0, 1.0]
+
+
+# 9^(9^9) has ~370 million digits: sympy would grind on it far past any timeout.
+HUGE = (r"\boxed{9^{9^{9}}}", "7")
+
+
+def test_math_verifier_reports_math_verifys_own_timeout(verifier: MathVerifier) -> None:
+    # timeout 3 s: math-verify's internal limit (1 s) fires first and the child survives.
+    pids = verifier._worker.pids
+    result = verifier.score([HUGE, (r"\boxed{7}", "7")])
+    assert verifier._worker.pids == pids
+    assert result.statuses == ["timeout", "ok"] and result.scores == [0.0, 1.0]
+
+
+def test_math_verifier_hard_timeout_kills_and_recovers() -> None:
+    # timeout 0.5 s is below math-verify's smallest internal limit (1 s): the child is killed.
+    with MathVerifier(timeout=0.5) as verifier:
+        start = time.monotonic()
+        result = verifier.score([HUGE, (r"\boxed{7}", "7")])
+        assert time.monotonic() - start < 10  # includes starting the replacement child
+    assert result.statuses == ["timeout", "ok"] and result.scores == [0.0, 1.0]

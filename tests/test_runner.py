@@ -54,7 +54,7 @@ def test_resume_after_kill_9_gives_the_same_scores(tmp_path, toy_env, crash_at):
     reference = run_cascade(["train", *TOY_ARGS, f"run_dir={tmp_path / 'ref'}"], toy_env, tmp_path)
     assert reference.returncode == 0
 
-    crashing = dict(toy_env, CASCADE_TOY_CRASH=crash_at)
+    crashing = dict(toy_env, CASCADE_CRASH_AT=crash_at)
     killed = run_cascade(["train", *TOY_ARGS, "hydra.run.dir=outputs/toy/1"], crashing, tmp_path, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert not report(tmp_path / "outputs/toy/1")["complete"] if (tmp_path / "outputs/toy/1/report.json").exists() else True

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from cascade.config import ConfigError
@@ -73,7 +74,7 @@ def init_checkpoint(model_config: Any, path: str, seed: int, environments: dict[
     from cascade.models.tiny_nemotron_h import build_model, tiny_nemotron_h_config
     from cascade.tokenizer import train_chat_tokenizer
 
-    options = dict(model_config.options)
+    options = OmegaConf.to_container(model_config.options, resolve=True) if OmegaConf.is_config(model_config.options) else dict(model_config.options)
     vocab_size = options.pop("vocab_size", 1024)
     corpus = list(tokenizer_corpus(environments.values(), seed))
     if not corpus:

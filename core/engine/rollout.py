@@ -46,13 +46,13 @@ class HFRolloutEngine(RolloutEngine):
         recorder = RoutingRecorder(model) if self.record_routing else None
         try:
             with recorder or _nullcontext():
+                # transformers' default top_k=50 would silently change the sampling distribution: top_k=0
+                sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
                 out = model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     do_sample=not greedy,
-                    temperature=None if greedy else params.temperature,
-                    top_p=None if greedy else params.top_p,
-                    top_k=0,  # transformers' default top_k=50 would silently change the sampling distribution
+                    **sampling,
                     max_new_tokens=params.max_new_tokens,
                     eos_token_id=eos,
                     pad_token_id=pad,

@@ -15,9 +15,10 @@ from safetensors.torch import load_model, save_model
 
 from cascade.engine.moe import ExpertBalancer
 from cascade.engine.policy import Policy
+from cascade.types import StageError
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(StageError):
     """Training produced NaN/inf: the stage stops; its last step checkpoint is left intact."""
 
 

@@ -46,7 +46,8 @@ to the next (ids are normalised internally, so they need not be increasing). Pad
 sample. The chunk scan masks (i) the intra-chunk decay matrix to same-sample pairs, (ii) each chunk's end state to
 the positions of the chunk-end sample, (iii) the inter-chunk state passing to chunk ends of the same sample and
 (iv) the state-to-output term to positions in the sample of the previous chunk end -- as `mamba_ssm`'s kernels do.
-Masked entries are set to exactly -inf before `exp` (so exactly 0), not approximated by large negative numbers.
+Masked entries are set to exactly 0 after `exp` (`torch.where`, so no gradient flows through them either), not
+approximated by large negative numbers. (The decays are exp of sums of dt * A <= 0, so the unmasked values are finite.)
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs
     out = x * weight[:, kernel - 1, None]
     for shift in range(1, min(kernel, seq_len)):
         same = (seg[:, shift:] == seg[:, :-shift])[:, None, :]  # (batch, 1, seq_len - shift): t vs t - shift
-        term = x[..., :-shift] * weight[:, kernel - 1 - shift, None]
+        term = torch.where(same, x[..., :-shift] * weight[:, kernel - 1 - shift, None], 0.0)
         out = out + F.pad(term, (shift, 0))
     if bias is not None:
         out = out + bias[:, None]
@@ -174,12 +175,12 @@ def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs
 
 
 def _segment_sum(x: torch.Tensor) -> torch.Tensor:
-    """[..., T] -> [..., T, T] with out[..., i, j] = sum_{k=j+1..i} x[k] for i >= j, -inf above the diagonal."""
+    """[..., T] -> [..., T, T] with out[..., i, j] = sum_{k=j+1..i} x[k] for i >= j, and 0 (not -inf) above the
+    diagonal: callers mask after `exp` (torch's CPU exp is several times slower on tensors holding -inf)."""
     size = x.size(-1)
     x = x[..., None].expand(*x.size(), size)
     x = x.masked_fill(~torch.tril(torch.ones(size, size, device=x.device, dtype=torch.bool), diagonal=-1), 0)
-    out = torch.cumsum(x, dim=-2)
-    return out.masked_fill(~torch.tril(torch.ones(size, size, device=x.device, dtype=torch.bool)), -torch.inf)
+    return torch.cumsum(x, dim=-2)
 
 
 def _pad_seq(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -251,8 +252,9 @@ def mamba2_chunk_scan(
     A_cumsum = torch.cumsum(A, dim=-1)
 
     # 1. intra-chunk (diagonal blocks): decay matrix restricted to same-sample pairs (l, s)
-    same_ls = seg[:, :, :, None] == seg[:, :, None, :]  # (b, c, l, s)
-    L = torch.exp(_segment_sum(A).masked_fill(~same_ls[:, None], -torch.inf))  # (b, h, c, l, s)
+    causal = torch.ones(chunk_size, chunk_size, device=seg.device, dtype=torch.bool).tril()
+    keep = (seg[:, :, :, None] == seg[:, :, None, :]) & causal  # (b, c, l, s)
+    L = torch.where(keep[:, None], torch.exp(_segment_sum(A)), 0.0)  # (b, h, c, l, s)
     G = torch.einsum("bclhn,bcshn->bclsh", C, B)
     M = G * L.permute(0, 2, 3, 4, 1)
     Y_diag = torch.einsum("bclsh,bcshp->bclhp", M, x)
@@ -260,7 +262,7 @@ def mamba2_chunk_scan(
     # 2. each chunk's end state, from the positions of the chunk-end sample only
     chunk_end = seg[:, :, -1]  # (b, c): the sample that owns the state at the end of chunk c
     in_end_sample = seg == chunk_end[..., None]  # (b, c, l)
-    decay_states = torch.exp((A_cumsum[..., -1:] - A_cumsum).masked_fill(~in_end_sample[:, None], -torch.inf))
+    decay_states = torch.where(in_end_sample[:, None], torch.exp(A_cumsum[..., -1:] - A_cumsum), 0.0)
     B_decay = B * decay_states.permute(0, 2, 3, 1)[..., None]
     states = torch.einsum("bclhn,bclhp->bchpn", B_decay, x)
 
@@ -273,16 +275,16 @@ def mamba2_chunk_scan(
     )
     states = torch.cat([previous, states], dim=1)  # (b, c + 1, h, p, n)
     owner = torch.cat([seg[:, :1, 0], chunk_end], dim=1)  # (b, c + 1)
-    same_owner = owner[:, :, None] == owner[:, None, :]  # (b, target, source)
-    decay_chunk = torch.exp(
-        _segment_sum(F.pad(A_cumsum[..., -1], (1, 0))).masked_fill(~same_owner[:, None], -torch.inf)
-    ).transpose(1, 3)  # (b, source, target, h)
+    causal = torch.ones(n_chunks + 1, n_chunks + 1, device=seg.device, dtype=torch.bool).tril()
+    same_owner = (owner[:, :, None] == owner[:, None, :]) & causal  # (b, target, source)
+    decay_chunk = torch.where(same_owner[:, None], torch.exp(_segment_sum(F.pad(A_cumsum[..., -1], (1, 0)))), 0.0)
+    decay_chunk = decay_chunk.transpose(1, 3)  # (b, source, target, h)
     new_states = torch.einsum("bzch,bzhpn->bchpn", decay_chunk, states)
     states, final_state = new_states[:, :-1], new_states[:, -1]
 
     # 4. state -> output: only for positions in the sample that owns the state entering the chunk
     uses_state = seg == owner[:, :-1, None]  # (b, c, l)
-    state_decay_out = torch.exp(A_cumsum.masked_fill(~uses_state[:, None], -torch.inf))
+    state_decay_out = torch.where(uses_state[:, None], torch.exp(A_cumsum), 0.0)
     C_times_states = torch.einsum("bclhn,bchpn->bclhp", C, states)
     Y_off = C_times_states * state_decay_out.permute(0, 2, 3, 1)[..., None]
 
@@ -333,7 +335,8 @@ def _is_torch_fallback(fn, name: str) -> bool:
 def enable_packed_sequences() -> dict[str, bool]:
     """Install the seq_idx-aware torch functions into modeling_nemotron_h where the torch fallback would run.
 
-    Idempotent. Returns {function name: whether ours is installed}; False means a real kernel (which supports
+    Idempotent. A packed forward (seq_idx given) with a cache (`use_cache` left at the config's True) raises
+    ValueError instead of letting the attention layers mix the samples. Returns {function name: whether ours is installed}; False means a real kernel (which supports
     seq_idx natively) is in place and was left alone.
     """
     installed = {}
@@ -342,9 +345,18 @@ def enable_packed_sequences() -> dict[str, bool]:
         if hasattr(current, _MARK):
             installed[name] = True
         elif _is_torch_fallback(current, name):
-            def bound(*args, _replacement=replacement, _original=current, **kwargs):
+            def bound(*args, _replacement=replacement, _original=current, _name=name, **kwargs):
                 if kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None:
                     return _original(*args, **kwargs)  # the unpacked call, exactly as transformers makes it
+                if _name == "mamba2_chunk_scan" and (
+                    kwargs.get("return_final_states") or kwargs.get("initial_states") is not None
+                ):
+                    # the mixer asks for final states only when it has a cache, and with a cache transformers
+                    # does not build the packed (block-diagonal) attention mask: attention would leak silently
+                    raise ValueError(
+                        "packed sequences (seq_idx) need `use_cache=False` and no attention_mask: with a cache "
+                        "the attention layers do not keep the samples apart"
+                    )
                 return _replacement(*args, **kwargs)
 
             bound.__name__ = bound.__qualname__ = name

@@ -24,10 +24,11 @@ class MathEnvironment(Environment):
         self.kinds = list(kinds)
 
     def problems(self, split: str, n: int, seed: int):
+        """Up to ``n`` problems: the easy levels hold only a few hundred distinct questions."""
         per_level = [n // len(self.difficulties) + (i < n % len(self.difficulties)) for i in range(len(self.difficulties))]
         problems = []
         for level, count in zip(self.difficulties, per_level):
-            problems += generate(split, count, seed, level, self.kinds)
+            problems += generate(split, count, seed, level, self.kinds, at_most=True)
         return problems
 
     def samples(self, split, n, seed):
@@ -55,7 +56,8 @@ class MathVerifyReward(Reward):
     def __init__(self, timeout: float = 5.0, processes: int = 1):
         from cascade.rewards.math import MathVerifier
 
-        self.verifier = MathVerifier(timeout=timeout, processes=processes)
+        # require_number: math-verify would evaluate \boxed{12+7*3} and accept the question copied back
+        self.verifier = MathVerifier(timeout=timeout, processes=processes, require_number=True)
 
     def score(self, episodes_G: Sequence[Episode]) -> list[RewardResult]:
         result = self.verifier.score([(e.messages[-1]["content"], str(e.sample.answer)) for e in episodes_G])

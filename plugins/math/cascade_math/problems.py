@@ -76,11 +76,12 @@ def split_of(question: str) -> str:
 
 
 def generate(split: str, n: int, seed: int, difficulty: int,
-             kinds: Sequence[str] = KINDS) -> list[MathProblem]:
+             kinds: Sequence[str] = KINDS, at_most: bool = False) -> list[MathProblem]:
     """`n` distinct problems of `split`, cycling through `kinds`; same arguments, same list.
 
-    Raises ValueError if the split does not hold `n` distinct questions of these kinds at
-    this difficulty (a small level, such as 1 with arithmetic only, runs out first).
+    If the split does not hold `n` distinct questions of these kinds at this difficulty (a small
+    level, such as 1 with arithmetic only, runs out first), raises ValueError, or with
+    `at_most=True` returns all it found.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -97,6 +98,8 @@ def generate(split: str, n: int, seed: int, difficulty: int,
     misses = 0  # draws in a row that gave nothing new for this split
     while len(problems) < n:
         if misses == _MAX_MISSES:
+            if at_most:
+                return problems
             raise ValueError(
                 f"found only {len(problems)} of {n} distinct {split} questions of kinds "
                 f"{list(kinds)} at difficulty {difficulty}; ask for fewer or raise difficulty")

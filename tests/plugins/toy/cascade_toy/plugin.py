@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +76,6 @@ class Memorize(Stage):
             context.log(step, {"reward": sum(rewards) / len(rewards), "table_size": len(table)})
             if step % self.config.checkpoint_every == 0:
                 context.save_step(step, lambda d: save_table(table, d))
-            if os.environ.get("CASCADE_TOY_CRASH") == f"{self.name}:{step}":
-                os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9, mid-stage
         out = context.stage_dir / "checkpoint"
         save_table(table, out)
         return Checkpoint(self.name, str(out))
