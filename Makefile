@@ -1,4 +1,5 @@
 # The two commands of README: `make run` (install + the default cascade) and `make test`.
+# `python -P`: the repo root is not put on sys.path (its folders `kernels/`, `conf/`... are not top-level modules).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip --disable-pip-version-check
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
@@ -18,7 +19,7 @@ run: install
 	cascade train
 
 test: install
-	$(PYTHON) -m pytest -m "not slow" -q
+	$(PYTHON) -P -m pytest -m "not slow" -q
 
 test-slow: install
-	$(PYTHON) -m pytest -m slow -q || [ $$? -eq 5 ]
+	$(PYTHON) -P -m pytest -m slow -q || [ $$? -eq 5 ]

@@ -63,5 +63,18 @@ class Registry:
             raise KeyError(f"no checkpoint has a score on domain '{domain}' yet")
         return max(candidates, key=lambda e: e.scores[domain])
 
+    def resolve(self, rule: str, domain: str) -> Entry:
+        """A checkpoint chosen by rule: ``best`` (highest score on ``domain`` so far, same lineage as the
+        run's initial model), ``stage:NAME`` (that stage's checkpoint) or ``path:DIR`` (any directory)."""
+        if rule == "best":
+            lineage = self.entries["init"].checkpoint.lineage if "init" in self.entries else None
+            return self.best(domain, lineage)
+        kind, _, value = rule.partition(":")
+        if kind == "stage" and value:
+            return self[value]
+        if kind == "path" and value:
+            return Entry(Checkpoint(f"path:{value}", value))
+        raise ValueError(f"unknown teacher rule '{rule}' for domain '{domain}': use best, stage:NAME or path:DIR")
+
     def scores_matrix(self) -> dict[str, dict[str, float]]:
         return {stage: dict(e.scores) for stage, e in self.entries.items()}

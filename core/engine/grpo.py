@@ -24,13 +24,20 @@ from cascade.types import Checkpoint, Episode, Reward, SamplingParams, Stage
 
 @dataclass
 class Batch:
-    """Episodes as right-padded tensors; ``mask`` marks the sampled tokens (the targets trained on)."""
+    """Episodes as right-padded tensors; ``mask`` marks the sampled tokens (the targets trained on).
+
+    Per-token tensors are [B, T-1], aligned with :func:`token_logprobs` (position t scores token t+1).
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    mask: torch.Tensor  # [B, T-1], aligned with token_logprobs
-    advantages: torch.Tensor  # [B] (GRPO) or [B, T-1] (per-token, MOPD)
-    rollout_logprobs: torch.Tensor  # [B, T-1]
+    mask: torch.Tensor
+    advantages: torch.Tensor
+    """[B]: the reward advantage of each episode (GRPO's group-normalised one)."""
+    rollout_logprobs: torch.Tensor
+    domains: list[str]
+    teacher_logprobs: torch.Tensor | None = None
+    """[B, T-1]: set by objectives that distil (MOPD)."""
 
     @classmethod
     def of(cls, episodes: Sequence[Episode], advantages: torch.Tensor, pad_id: int) -> "Batch":
@@ -39,11 +46,40 @@ class Batch:
         attention = torch.tensor([[1] * len(e.token_ids) + [0] * (width - len(e.token_ids)) for e in episodes])
         mask = torch.tensor([e.loss_mask[1:] + [0] * (width - len(e.loss_mask)) for e in episodes], dtype=torch.float32)
         logprobs = torch.tensor([e.logprobs[1:] + [0.0] * (width - len(e.logprobs)) for e in episodes])
-        return cls(ids, attention, mask, advantages, logprobs)
+        return cls(ids, attention, mask, advantages, logprobs, [e.sample.domain for e in episodes])
 
     def rows(self, start: int, stop: int) -> "Batch":
         return Batch(self.input_ids[start:stop], self.attention_mask[start:stop], self.mask[start:stop],
-                     self.advantages[start:stop], self.rollout_logprobs[start:stop])
+                     self.advantages[start:stop], self.rollout_logprobs[start:stop], self.domains[start:stop],
+                     None if self.teacher_logprobs is None else self.teacher_logprobs[start:stop])
+
+
+class PolicyGradient:
+    """GRPO's objective: the clipped surrogate ``-min(r A, clip(r) A)``, normalised per token over the batch.
+
+    With one update per batch the ratio r is exactly 1 and this is plain policy gradient. Another objective
+    (MOPD's) replaces :meth:`prepare` (its advantages) and :meth:`loss`; the stage's loop stays the same.
+    """
+
+    filters_uniform_groups = True
+
+    def __init__(self, clip_eps: float = 0.2):
+        self.clip_eps = clip_eps
+
+    def prepare(self, batch: Batch, context) -> dict[str, float]:
+        """Add what the loss needs beyond the batch (e.g. teacher log-probs); returns metrics."""
+        return {}
+
+    def loss(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, micro: Batch, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        ratio = torch.exp(logprobs - old_logprobs)
+        advantage = micro.advantages.unsqueeze(-1)
+        unclipped = ratio * advantage
+        clipped = torch.clamp(ratio, 1 - self.clip_eps, 1 + self.clip_eps) * advantage
+        loss = (-torch.minimum(unclipped, clipped) * micro.mask).sum() / batch.mask.sum().clamp(min=1)
+        return loss, {"clipped_tokens": ((unclipped != clipped).float() * micro.mask).sum().item()}
+
+    def summarize(self, sums: dict[str, float], batch: Batch, updates: int) -> dict[str, float]:
+        return {"clip_fraction": sums.get("clipped_tokens", 0.0) / (batch.mask.sum().item() * updates)}
 
 
 def score_group(reward: Reward, group: Sequence[Episode]) -> tuple[list[float], dict[str, int]]:
@@ -93,6 +129,11 @@ class GRPOStage(Stage):
         prompt_pool: int = 2000
         checkpoint_every: int = 10
         thinking: bool = False
+
+    def __init__(self, name, config, domains):
+        super().__init__(name, config, domains)
+        self.objective = PolicyGradient(config.clip_eps)
+        """What the update optimises; a wrapper (MOPD) swaps in its own."""
 
     # ---- the stage -------------------------------------------------------------------------------
 
@@ -149,7 +190,7 @@ class GRPOStage(Stage):
                     stats["correct"] += sum(v >= 1.0 for v in values)
                     for e, v in zip(group, values):
                         e.reward = v
-                    if cfg.dynamic_filter and max(values) == min(values):
+                    if cfg.dynamic_filter and self.objective.filters_uniform_groups and max(values) == min(values):
                         stats["filtered"] += 1
                         continue
                     if len(kept) < cfg.prompts_per_step:
@@ -174,10 +215,13 @@ class GRPOStage(Stage):
         episodes = [e for group in kept for e in group]
         advantages = group_advantages(torch.tensor(kept_rewards)).reshape(-1)
         batch = Batch.of(episodes, advantages, policy.pad_id)
+        metrics.update(self.objective.prepare(batch, context))
         metrics.update(self.update(batch, trainer, step))
         metrics["response_tokens"] = stats["generated"] / stats["episodes"]
         metrics["tokens_per_s"] = stats["generated"] / (time.perf_counter() - started)
         metrics["groups_kept"] = float(len(kept))
+        if "teacher_seconds" in metrics:
+            metrics["teacher_time_share"] = metrics["teacher_seconds"] / (time.perf_counter() - started)
         return metrics
 
     def draw(self, pools, n: int, seed: int, step: int, round_: int) -> dict[str, list]:
@@ -190,10 +234,11 @@ class GRPOStage(Stage):
         return drawn
 
     def update(self, batch: Batch, trainer: Trainer, step: int) -> dict[str, float]:
+        """``updates_per_batch`` optimizer steps on ``batch`` (1 = strictly on-policy)."""
         cfg = self.config
-        total_tokens = batch.mask.sum().clamp(min=1)
+        tokens = batch.mask.sum().clamp(min=1)
         old_logprobs: dict[int, torch.Tensor] = {}
-        sums = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clipped": 0.0, "rollout_logprob_gap": 0.0}
+        sums = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "rollout_logprob_gap": 0.0}
         for update in range(cfg.updates_per_batch):
             for start in range(0, batch.input_ids.shape[0], cfg.micro_batch):
                 micro = batch.rows(start, start + cfg.micro_batch)
@@ -204,30 +249,26 @@ class GRPOStage(Stage):
                     old_logprobs[start] = logprobs.detach()
                     sums["entropy"] += (entropy * micro.mask).sum().item()
                     sums["rollout_logprob_gap"] += ((logprobs.detach() - micro.rollout_logprobs).abs() * micro.mask).sum().item()
-                ratio = torch.exp(logprobs - old_logprobs[start])
-                advantage = micro.advantages.unsqueeze(-1) if micro.advantages.ndim == 1 else micro.advantages
-                unclipped = ratio * advantage
-                clipped = torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * advantage
-                per_token = -torch.minimum(unclipped, clipped)
+                loss, stats = self.objective.loss(logprobs, old_logprobs[start], micro, batch)
                 if self.reference is not None:
                     with torch.no_grad():
                         ref_logprobs, _ = token_logprobs(self.reference, micro.input_ids, micro.attention_mask, temperature=cfg.temperature)
                     log_ratio = ref_logprobs - logprobs
                     kl = torch.exp(log_ratio) - log_ratio - 1  # k3 estimator of KL(pi || ref), always >= 0
-                    per_token = per_token + cfg.kl_coef * kl
+                    loss = loss + cfg.kl_coef * (kl * micro.mask).sum() / tokens
                     sums["kl"] += (kl.detach() * micro.mask).sum().item()
-                loss = (per_token * micro.mask).sum() / total_tokens
                 check_finite(loss, step)
                 loss.backward()
                 sums["loss"] += loss.item()
-                sums["clipped"] += ((unclipped != clipped).float() * micro.mask).sum().item()
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
             optim_metrics = trainer.step()
-        tokens = total_tokens.item()
+        n = tokens.item()
         return {
             "loss": sums["loss"] / cfg.updates_per_batch,
-            "entropy": sums["entropy"] / tokens,
-            "kl": sums["kl"] / (tokens * cfg.updates_per_batch),
-            "clip_fraction": sums["clipped"] / (tokens * cfg.updates_per_batch),
-            "rollout_logprob_gap": sums["rollout_logprob_gap"] / tokens,
+            "entropy": sums["entropy"] / n,
+            "kl": sums["kl"] / (n * cfg.updates_per_batch),
+            "rollout_logprob_gap": sums["rollout_logprob_gap"] / n,
+            **self.objective.summarize(sums, batch, cfg.updates_per_batch),
             **optim_metrics,
         }

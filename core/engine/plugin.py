@@ -1,5 +1,6 @@
 """The training engine, registered like any other plugin: SFT and GRPO stages, the transformers rollout
-engine, Hugging Face checkpoints (from scratch or from ``model.path``) and held-out evaluation."""
+engine, the in-process teacher, Hugging Face checkpoints (from scratch or from ``model.path``) and
+held-out evaluation."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def cascade_rollout_engines():
         return HFRolloutEngine(policy, **rollout_config.options)
 
     return {"hf": hf}
+
+
+@hookimpl
+def cascade_teachers():
+    from cascade.engine.teacher import HFTeacher
+
+    return {"hf": HFTeacher}
 
 
 @hookimpl

@@ -11,62 +11,68 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
 
 from cascade.engine.moe import RoutingRecorder
 from cascade.engine.policy import Policy
+from cascade.models.fast_decode import enable_fast_decode
 from cascade.types import Environment, Episode, Generation, Message, RolloutEngine, Sample, SamplingParams
 
 
 class HFRolloutEngine(RolloutEngine):
-    """Batched ``generate`` with KV cache, in the trainer's process, sharing the trainer's model."""
+    """Batched sampling with a KV / Mamba-state cache, in the trainer's process, sharing the trainer's model.
+
+    Our own decode loop rather than ``model.generate``, for what an RL rollout needs and generate does not give:
+
+    * each distinct prompt is prefilled once, then its cache is copied to its completions (GRPO samples every
+      prompt ``n`` times, and ``collect_episodes`` passes the n copies as separate prompts);
+    * the sampled token's log-prob is taken at each step, instead of keeping every step's logits
+      (``output_logits``: [batch, new tokens, vocab] fp32, gigabytes at a 131k vocabulary);
+    * no logits processors, stopping criteria or cache bookkeeping that sampling with temperature / top-p does
+      not use, and NemotronH's Mamba decode step runs `cascade.models.fast_decode` (where no CUDA kernel is).
+
+    Sampling draws from ``generate(do_sample=True, temperature=T, top_p=p, top_k=0)``'s distribution (softmax of
+    the temperature-scaled, top-p-filtered logits; by inverse CDF, not ``torch.multinomial``), greedy is its argmax,
+    and the left padding, attention mask and positions are what generate passes the model; the greedy tokens equal
+    ``generate``'s (tests/test_fast_decode.py).
+    """
 
     def __init__(self, policy: Policy, batch_size: int = 64, record_routing: bool = True):
         self.policy = policy
         self.batch_size = batch_size
         self.record_routing = record_routing
+        enable_fast_decode()
 
     @torch.no_grad()
     def generate(self, prompts_B: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Generation]]:
         flat = [list(p) for p in prompts_B for _ in range(params.n)]
         results: list[Generation] = []
+        # a private generator: a seeded rollout is reproducible without resetting the caller's global RNG
+        generator = None
         if params.seed is not None:
-            torch.manual_seed(params.seed)
+            generator = torch.Generator(device=self.policy.model.device).manual_seed(params.seed)
         for start in range(0, len(flat), self.batch_size):
-            results.extend(self._generate_batch(flat[start:start + self.batch_size], params))
+            results.extend(self._generate_batch(flat[start:start + self.batch_size], params, generator))
         return [results[i * params.n:(i + 1) * params.n] for i in range(len(prompts_B))]
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator) -> list[Generation]:
         model, pad, eos = self.policy.model, self.policy.pad_id, self.policy.eos_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        greedy = params.temperature <= 0
+        unique = list(dict.fromkeys(tuple(p) for p in prompts))
+        row_of = {p: i for i, p in enumerate(unique)}
+        device = model.device
+        expand = torch.tensor([row_of[tuple(p)] for p in prompts], device=device)  # completion -> its prefill row
+        width = max(len(p) for p in unique)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in unique], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in unique], device=device)
         was_training = model.training
         model.eval()
         recorder = RoutingRecorder(model) if self.record_routing else None
         try:
             with recorder or _nullcontext():
-                # transformers' default top_k=50 would silently change the sampling distribution: top_k=0
-                sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-                out = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    do_sample=not greedy,
-                    **sampling,
-                    max_new_tokens=params.max_new_tokens,
-                    eos_token_id=eos,
-                    pad_token_id=pad,
-                    output_logits=True,
-                    return_dict_in_generate=True,
-                )
+                new_tokens, logprobs = _sample(model, input_ids, attention_mask, expand, params, eos, pad, generator, recorder)
         finally:
             model.train(was_training)
-        new_tokens = out.sequences[:, width:]
-        logits = torch.stack(out.logits, dim=1).float()  # [B, new, vocab], before temperature
-        if not greedy:
-            logits = logits / params.temperature
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        routing = recorder.per_sequence(width, attention_mask) if recorder else None
+        routing = recorder.per_sequence(width, attention_mask[expand]) if recorder else None
         generations = []
         for i in range(len(prompts)):
             ids = new_tokens[i].tolist()
@@ -77,6 +83,80 @@ class HFRolloutEngine(RolloutEngine):
             generations.append(Generation(ids[:length], logprobs[i, :length].tolist(),
                                           "stop" if eos in ids[:length] else "length", experts))
         return generations
+
+
+def _sample(model, input_ids, attention_mask, expand, params: SamplingParams, eos: int, pad: int, generator, recorder):
+    """Prefill the distinct prompts, copy each one's cache to its completions (``expand``), then decode.
+
+    Returns the new tokens [completions, steps] (``pad`` after a row's eos) and their log-probs under the
+    temperature-scaled policy, log_softmax(logits / T) (T = 1 for greedy), the quantity the trainer recomputes.
+    Positions and the attention mask follow ``generate``: position = index among the row's real tokens (left
+    padding at 0), and no mask at all when nothing is padded.
+    """
+    padded = not bool(attention_mask.all())
+    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None, position_ids=position_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    # Copy every layer's state -- attention KV, Mamba conv and recurrent states -- to the completions. (Cache has
+    # `batch_repeat_interleave`, but its linear-attention layers do not implement it; `reorder_cache` is an
+    # index_select on every kind of layer.) The prefill's routing is copied the same way.
+    cache.reorder_cache(expand)
+    if recorder is not None:
+        for calls in recorder.calls:
+            calls[-1] = calls[-1][expand]
+    logits = out.logits[:, -1][expand]
+    attention_mask, position = attention_mask[expand], position_ids[expand, -1:]
+    done = torch.zeros(len(expand), dtype=torch.bool, device=logits.device)
+    tokens, logprobs = [], []
+    for step in range(params.max_new_tokens):
+        token, logprob = _next_token(logits, params, generator)
+        token = token.masked_fill(done, pad)  # finished rows emit padding, as in generate
+        tokens.append(token)
+        logprobs.append(logprob)
+        done |= token == eos
+        if bool(done.all()) or step == params.max_new_tokens - 1:
+            break  # the last sampled token is never fed: nothing would read its output
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(expand), 1)], dim=1)
+        position = position + 1
+        out = model(input_ids=token[:, None], attention_mask=attention_mask if padded else None, position_ids=position,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1]
+    return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+
+
+def _next_token(logits: torch.Tensor, params: SamplingParams, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample (or argmax) one token per row from fp32 logits [rows, vocab]; return it and its log-prob.
+
+    The log-prob is of the full temperature-scaled distribution (not renormalised after top-p): what the trainer
+    computes from its own logits. x[token] - logsumexp(x) is log_softmax(x)[token] without a [rows, vocab] output."""
+    if params.temperature <= 0:
+        scaled = logits
+        token = logits.argmax(-1)
+    else:
+        scaled = logits / params.temperature
+        token = _sample_categorical(_top_p(scaled, params.top_p) if params.top_p < 1.0 else scaled, generator)
+    return token, scaled.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+
+
+def _sample_categorical(scores: torch.Tensor, generator) -> torch.Tensor:
+    """One draw per row from softmax(scores), by inverting the CDF with one uniform number per row.
+
+    Not torch.multinomial: on CPU it draws a random number per vocabulary entry (64 rows x 131k tokens took 0.4 s,
+    more than a decode step of the model). The CDF is accumulated in float64 so that tokens of tiny probability keep
+    their exact share; tokens of probability 0 (cut by top-p) are never picked."""
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1, dtype=torch.float64)
+    u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+
+
+def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """transformers' TopPLogitsWarper: drop the least likely tokens whose total probability is <= 1 - top_p
+    (always keeping the most likely one)."""
+    sorted_scores, order = torch.sort(scores, descending=False)
+    remove = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+    remove[..., -1:] = False
+    return scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
 
 
 def _pad_routing(experts: torch.Tensor, length: int) -> torch.Tensor:

@@ -1,0 +1,196 @@
+"""Faster torch versions of NemotronH's single-token Mamba-2 decode functions (CPU, no `mamba_ssm`).
+
+Without `mamba_ssm` / `causal_conv1d`, every decode step of every Mamba layer runs transformers' pure-torch
+references of `mamba2_selective_state_update` and `causal_conv1d_update`. The state update is written for
+generality, not speed: the mixer hands it dt, A, D and dt_bias already broadcast to (heads, head_dim[, state]),
+and the function materialises all of them (plus B and C repeated per head) at the size of the recurrent state
+(batch x heads x head_dim x state), takes batch*heads*head_dim*state `exp`s of identical numbers, then copies the
+new state into the cache. In a GRPO rollout that was the largest single cost after the backward pass.
+
+The versions here compute the same numbers with less work:
+
+* `mamba2_selective_state_update`: dt, exp(dt * A), D and dt_bias once per head ([batch, heads]); B and C broadcast
+  over the heads of their group instead of copied; the state updated in place; one bmm per (batch, group) for the
+  output. Only taken when the per-head inputs really are broadcasts (stride 0 over head_dim/state, as the mixer
+  passes them, and what the `mamba_ssm` kernel calls `tie_hdim`); anything else goes to transformers' function.
+* `causal_conv1d_update`: shift the conv window in place and take the depthwise dot product with the kernel
+  directly, instead of `cat` + a grouped `conv1d` over K+1 positions of which one output is kept.
+
+The arithmetic is the original's, in the same dtypes; results agree to float rounding, not bit for bit: the
+state update is one `addcmul` (which may use a fused multiply-add), the reductions (bmm over the state, the K-term
+conv sum) are ordered differently, and torch's element-wise kernels (softplus) can round the last bit differently
+on a tensor of batch*heads elements than on one of batch*heads*head_dim. `enable_fast_decode()` installs them into
+`transformers.models.nemotron_h.modeling_nemotron_h` the way `cascade.models.packing` installs its functions:
+module globals looked up at call time by the mixer, replaced only where transformers' torch fallback would run
+(a real `mamba_ssm` / `causal_conv1d` kernel is left alone), idempotent, undone by `disable_fast_decode()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import torch
+import torch.nn.functional as F
+import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
+from transformers.activations import ACT2FN
+
+# name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
+_KERNELS = {
+    "mamba2_selective_state_update": ("mamba_ssm", "selective_state_update"),
+    "causal_conv1d_update": ("causal_conv1d", "causal_conv1d_update"),
+}
+_MARK = "__cascade_fast_decode_original__"
+
+
+def _unwrap(fn):
+    return getattr(fn, _MARK, fn)
+
+
+# transformers' functions as they were before any patching (unwrap, in case this module is reloaded after install)
+_ORIGINAL = {name: _unwrap(getattr(_nemotron_h, name)) for name in _KERNELS}
+
+
+def _broadcast_over(t: torch.Tensor | None, dims: tuple[int, ...]) -> bool:
+    """Whether `t` is constant along `dims` by construction (stride 0 from `expand`, or size 1)."""
+    return t is None or all(t.shape[d] == 1 or t.stride(d) == 0 for d in dims)
+
+
+def mamba2_selective_state_update(
+    state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **kwargs
+):
+    """One recurrent step: state = exp(dt A) state + dt B x, out = C state + D x (times silu(z)); updates `state`.
+
+    Shapes as transformers' torch fallback: state (b, h, p, n), hidden_states (b, h, p), dt (b, h, p), A (h, p, n),
+    B and C (b, g, n), D and dt_bias (h, p)."""
+    per_head = (
+        hidden_states.dim() == 3 and dt.dim() == 3 and A.dim() == 3
+        and (D is None or D.dim() == 2) and (dt_bias is None or dt_bias.dim() == 2)
+        and _broadcast_over(dt, (-1,)) and _broadcast_over(A, (-2, -1))
+        and _broadcast_over(D, (-1,)) and _broadcast_over(dt_bias, (-1,))
+        and kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None
+    )
+    if not per_head:
+        return _ORIGINAL["mamba2_selective_state_update"](
+            state, hidden_states, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z, **kwargs
+        )
+    batch, heads, head_dim = hidden_states.shape
+    groups, state_size = B.shape[1], B.shape[-1]
+    # (b, g, heads per group, p, n): the heads of a group share B and C, so those broadcast over dim 2
+    grouped = (batch, groups, heads // groups)
+
+    dt = dt[..., 0]  # (b, h)
+    if dt_bias is not None:
+        dt = dt + dt_bias[:, 0].to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dA = torch.exp(dt.float() * A[:, 0, 0].float()).to(device=state.device)  # (b, h): one exp per head
+    dA = dA.view(*grouped, 1, 1)
+    dB = (dt.view(*grouped, 1, 1) * B.view(batch, groups, 1, 1, state_size)).to(device=state.device)  # (b,g,hg,1,n)
+    x = hidden_states.view(*grouped, head_dim, 1).to(device=state.device)
+
+    # state * dA + dB x, with dB x never materialised (addcmul; it may fuse the multiply-add: last-bit differences)
+    view = state.view(*grouped, head_dim, state_size)
+    new_dtype = torch.promote_types(torch.promote_types(state.dtype, dA.dtype), torch.promote_types(dB.dtype, x.dtype))
+    if new_dtype == state.dtype:  # the usual fp32 state: update in place, no new tensor and no copy back
+        ssm_states = view.mul_(dA).addcmul_(dB, x)
+    else:  # keep the original's precision: the output uses the un-rounded new state
+        ssm_states = torch.addcmul(view * dA, dB, x)
+        view.copy_(ssm_states.to(state.dtype))
+
+    # out[b, h, p] = sum_n state[b, h, p, n] C[b, g(h), n]: one bmm for all heads of a (batch, group), written as
+    # C (1 x n) @ state^T (n x heads*p): BLAS runs that row-vector product about twice as fast as state @ C (n x 1)
+    ssm_states = ssm_states.to(device=C.device, dtype=C.dtype).reshape(batch * groups, -1, state_size)
+    out = torch.bmm(C.reshape(batch * groups, 1, state_size), ssm_states.transpose(1, 2)).view(batch, heads, head_dim)
+
+    if D is not None:
+        out = (out + hidden_states * D[:, :1]).to(out.dtype)
+    if z is not None:
+        out = out * F.silu(z)
+    return out.to(hidden_states.dtype)
+
+
+def causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activation=None, **kwargs):
+    """Depthwise causal conv for one new position: hidden_states (b, d, 1), conv_state (b, d, K) the last K inputs
+    (updated in place), weight (d, K). Other shapes go to transformers' function."""
+    if hidden_states.shape[-1] != 1 or conv_state.shape[-1] != weight.shape[-1] or kwargs:
+        return _ORIGINAL["causal_conv1d_update"](hidden_states, conv_state, weight, bias, activation, **kwargs)
+    # the window after this step: drop the oldest input, append the new one (cat promotes dtypes as the original)
+    window = torch.cat([conv_state[..., 1:], hidden_states], dim=-1).to(weight.dtype)
+    conv_state.copy_(window)
+    out = (window * weight).sum(-1, keepdim=True)
+    if bias is not None:
+        out = out + bias[:, None]
+    if activation is not None:
+        out = ACT2FN[activation](out)
+    return out.to(hidden_states.dtype)
+
+
+_REPLACEMENT = {
+    "mamba2_selective_state_update": mamba2_selective_state_update,
+    "causal_conv1d_update": causal_conv1d_update,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Installing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _is_torch_fallback(fn, name: str) -> bool:
+    """Whether transformers' wrapper `fn` would run its pure-torch reference (rather than a real kernel)."""
+    if inspect.isfunction(fn):
+        nonlocals = inspect.getclosurevars(fn).nonlocals
+        if "is_new_implementation" in nonlocals:  # use_kernel_func_from_hub_with_fallback's own verdict
+            return not nonlocals["is_new_implementation"]
+    package, function = _KERNELS[name]
+    try:  # unknown wrapper: mirror the decorator's rule (the package imports and has the function)
+        return getattr(importlib.import_module(package), function, None) is None
+    except Exception:
+        return True
+
+
+def enable_fast_decode() -> dict[str, bool]:
+    """Install the fast decode functions into modeling_nemotron_h where the torch fallback would run.
+
+    Idempotent. Returns {function name: whether ours is installed}; False means a real kernel is in place and was
+    left alone."""
+    installed = {}
+    for name, replacement in _REPLACEMENT.items():
+        current = getattr(_nemotron_h, name)
+        if hasattr(current, _MARK):
+            installed[name] = True
+        elif _is_torch_fallback(current, name):
+            # our functions delegate to _ORIGINAL (the pre-patch wrapper) for the cases they do not cover
+            def bound(*args, _replacement=replacement, **kwargs):
+                return _replacement(*args, **kwargs)
+
+            bound.__name__ = bound.__qualname__ = name
+            bound.__doc__ = replacement.__doc__
+            setattr(bound, _MARK, current)
+            setattr(_nemotron_h, name, bound)
+            installed[name] = True
+        else:
+            installed[name] = False
+    return installed
+
+
+def disable_fast_decode() -> None:
+    """Put transformers' own functions back (undo enable_fast_decode)."""
+    for name in _REPLACEMENT:
+        current = getattr(_nemotron_h, name)
+        if hasattr(current, _MARK):
+            setattr(_nemotron_h, name, getattr(current, _MARK))
+
+
+def fast_decode_enabled() -> bool:
+    return any(hasattr(getattr(_nemotron_h, name), _MARK) for name in _REPLACEMENT)
+
+
+__all__ = [
+    "mamba2_selective_state_update",
+    "causal_conv1d_update",
+    "enable_fast_decode",
+    "disable_fast_decode",
+    "fast_decode_enabled",
+]

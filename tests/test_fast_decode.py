@@ -1,0 +1,232 @@
+"""The fast Mamba decode functions and the rollout engine's own decode loop, against transformers' originals."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers.models.nemotron_h.modeling_nemotron_h as nemotron_h
+from transformers.generation.logits_process import TopPLogitsWarper
+
+from cascade.engine.moe import RoutingRecorder, find_routers
+from cascade.engine.policy import Policy
+from cascade.engine.rollout import HFRolloutEngine, _next_token, _top_p
+from cascade.models import fast_decode
+from cascade.models.tiny_nemotron_h import build_model, tiny_nemotron_h_config
+from cascade.types import SamplingParams
+
+ORIGINAL = fast_decode._ORIGINAL
+EOS, PAD = 2, 0
+
+
+def _decode_inputs(batch, heads, head_dim, state, groups, seed=0):
+    """Random inputs shaped and strided as NemotronHMamba2Mixer passes them (per-head values expanded)."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        state=torch.randn(batch, heads, head_dim, state, generator=g),
+        hidden_states=torch.randn(batch, heads, head_dim, generator=g),
+        dt=torch.randn(batch, 1, heads, generator=g).transpose(1, 2).expand(-1, -1, head_dim),
+        A=-torch.rand(heads, generator=g)[:, None, None].expand(-1, head_dim, state) * 4,
+        B=torch.randn(batch, groups, state, generator=g),
+        C=torch.randn(batch, groups, state, generator=g),
+        D=torch.randn(heads, generator=g)[:, None].expand(-1, head_dim),
+        dt_bias=torch.randn(heads, generator=g)[:, None].expand(-1, head_dim),
+    )
+
+
+def _state_update(fn, inputs, **extra):
+    state = inputs["state"].clone()
+    rest = {k: v for k, v in inputs.items() if k != "state"}
+    return fn(state, **rest, dt_softplus=True, **extra), state
+
+
+@pytest.mark.parametrize("shape", [(64, 8, 32, 32, 1), (3, 8, 4, 6, 2), (5, 4, 3, 2, 4)])
+def test_selective_state_update_matches_the_original(shape):
+    inputs = _decode_inputs(*shape)
+    expected, expected_state = _state_update(ORIGINAL["mamba2_selective_state_update"], inputs)
+    out, state = _state_update(fast_decode.mamba2_selective_state_update, inputs)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state, expected_state, atol=1e-5, rtol=1e-5)
+    z = torch.randn_like(inputs["hidden_states"])
+    out, _ = _state_update(fast_decode.mamba2_selective_state_update, inputs, z=z)
+    torch.testing.assert_close(out, _state_update(ORIGINAL["mamba2_selective_state_update"], inputs, z=z)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_selective_state_update_keeps_a_low_precision_state_like_the_original():
+    inputs = _decode_inputs(4, 4, 8, 16, 2)
+    inputs["state"] = inputs["state"].bfloat16()  # the update is computed in fp32, then rounded into the cache
+    expected, expected_state = _state_update(ORIGINAL["mamba2_selective_state_update"], inputs)
+    out, state = _state_update(fast_decode.mamba2_selective_state_update, inputs)
+    assert state.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state, expected_state, atol=0.0, rtol=1e-2)
+
+
+def test_selective_state_update_without_broadcast_inputs_is_the_original():
+    inputs = _decode_inputs(3, 4, 5, 6, 1)
+    inputs["dt"] = inputs["dt"].contiguous() + torch.randn(3, 4, 5)  # dt varies over head_dim: not per head
+    expected, expected_state = _state_update(ORIGINAL["mamba2_selective_state_update"], inputs)
+    out, state = _state_update(fast_decode.mamba2_selective_state_update, inputs)
+    assert torch.equal(out, expected) and torch.equal(state, expected_state)
+
+
+def test_causal_conv1d_update_matches_the_original():
+    g = torch.Generator().manual_seed(0)
+    x, conv_state = torch.randn(6, 40, 1, generator=g), torch.randn(6, 40, 4, generator=g)
+    weight, bias = torch.randn(40, 4, generator=g), torch.randn(40, generator=g)
+    for activation in ("silu", None):
+        for b in (bias, None):
+            expected_state, state = conv_state.clone(), conv_state.clone()
+            expected = ORIGINAL["causal_conv1d_update"](x, expected_state, weight, b, activation)
+            out = fast_decode.causal_conv1d_update(x, state, weight, b, activation)
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+            assert torch.equal(state, expected_state)
+
+
+def test_enable_is_idempotent_and_leaves_real_kernels_alone(monkeypatch):
+    names = ("mamba2_selective_state_update", "causal_conv1d_update")
+    fast_decode.disable_fast_decode()
+    assert [getattr(nemotron_h, n) for n in names] == [ORIGINAL[n] for n in names]
+    assert fast_decode.enable_fast_decode() == dict.fromkeys(names, True)
+    installed = [getattr(nemotron_h, n) for n in names]
+    assert fast_decode.enable_fast_decode() == dict.fromkeys(names, True)
+    assert [getattr(nemotron_h, n) for n in names] == installed  # not wrapped twice
+    fast_decode.disable_fast_decode()
+    assert not fast_decode.fast_decode_enabled()
+    monkeypatch.setattr(fast_decode, "_is_torch_fallback", lambda fn, name: False)  # as with mamba_ssm installed
+    assert fast_decode.enable_fast_decode() == dict.fromkeys(names, False)
+    assert [getattr(nemotron_h, n) for n in names] == [ORIGINAL[n] for n in names]
+    monkeypatch.undo()
+    fast_decode.enable_fast_decode()
+
+
+# ---- the tiny model: generate with and without, and the engine's loop against generate ------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_nemotron_h_config(vocab_size=300)).eval()
+
+
+def _prompts(lengths=(7, 12, 4), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(10, 300, (n,), generator=g).tolist() for n in lengths]
+
+
+def _hf_generate(model, prompts, n, eos=EOS, **sampling):
+    """What the engine did before: every completion its own row, left padded, one generate call."""
+    flat = [p for p in prompts for _ in range(n)]
+    width = max(len(p) for p in flat)
+    input_ids = torch.tensor([[PAD] * (width - len(p)) + p for p in flat])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in flat])
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, eos_token_id=eos, pad_token_id=PAD,
+                         return_dict_in_generate=True, output_logits=True, **sampling)
+    return out.sequences[:, width:], torch.stack(out.logits, dim=1)
+
+
+def _cut(row: list[int], eos: int) -> list[int]:
+    return row[: row.index(eos) + 1] if eos in row else row
+
+
+def test_greedy_generate_is_the_same_with_fast_decode(model):
+    prompts = _prompts()
+    fast_decode.disable_fast_decode()
+    try:
+        slow, slow_logits = _hf_generate(model, prompts, 1, max_new_tokens=20, do_sample=False)
+    finally:
+        fast_decode.enable_fast_decode()
+    fast, fast_logits = _hf_generate(model, prompts, 1, max_new_tokens=20, do_sample=False)
+    assert torch.equal(slow, fast)
+    torch.testing.assert_close(fast_logits, slow_logits, atol=1e-5, rtol=1e-5)
+
+
+def _engine(model, eos=EOS, **kwargs):
+    return HFRolloutEngine(Policy(model, SimpleNamespace(pad_token_id=PAD, eos_token_id=eos)), **kwargs)
+
+
+def test_engine_greedy_equals_generate_token_for_token(model):
+    prompts = _prompts()
+    fast_decode.disable_fast_decode()  # the reference: stock generate, stock Mamba decode
+    try:
+        expected, logits = _hf_generate(model, prompts, 2, max_new_tokens=24, do_sample=False)
+        # an eos that one row emits mid-way (a random model rarely picks token 2): rows must stop independently
+        eos = expected[2, 5].item()
+        expected_eos, _ = _hf_generate(model, prompts, 2, eos=eos, max_new_tokens=24, do_sample=False)
+    finally:
+        fast_decode.enable_fast_decode()
+    groups = _engine(model).generate(prompts, SamplingParams(max_new_tokens=24, temperature=0.0, n=2))
+    flat = [g for group in groups for g in group]
+    assert [g.token_ids for g in flat] == [_cut(row, EOS) for row in expected.tolist()]
+    expected_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, expected[..., None])[..., 0]
+    for g, row in zip(flat, expected_logprobs):
+        torch.testing.assert_close(torch.tensor(g.logprobs), row[: len(g.logprobs)], atol=1e-5, rtol=1e-5)
+
+    flat = [g for group in _engine(model, eos=eos).generate(prompts, SamplingParams(24, 0.0, n=2)) for g in group]
+    assert [g.token_ids for g in flat] == [_cut(row, eos) for row in expected_eos.tolist()]
+    assert flat[2].finish_reason == "stop" and flat[2].token_ids[-1] == eos and len(flat[2].token_ids) <= 6
+    assert all(g.finish_reason == ("stop" if eos in g.token_ids else "length") for g in flat)
+
+
+def test_engine_sampled_logprobs_are_those_of_a_full_forward(model):
+    """Each completion, fed whole through the model without a cache, gives the log-probs the engine reported:
+    the copied (expanded) prefill cache is each completion's own."""
+    prompts = _prompts((9, 5, 9))
+    groups = _engine(model).generate(prompts, SamplingParams(16, temperature=0.7, top_p=0.9, n=3, seed=5))
+    for prompt, group in zip(prompts, groups):
+        for gen in group:
+            logits = model(input_ids=torch.tensor([prompt + gen.token_ids]), use_cache=False).logits[0, len(prompt) - 1:-1]
+            expected = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(gen.logprobs), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_follows_the_temperature_and_top_p_distribution():
+    logits = torch.randn(1, 12, generator=torch.Generator().manual_seed(0)) * 2
+    draws = 200_000
+    params = SamplingParams(temperature=0.7, top_p=0.8)
+    token, logprob = _next_token(logits.expand(draws, -1), params, torch.Generator().manual_seed(1))
+    scaled = logits[0] / 0.7
+    expected = torch.softmax(_top_p(scaled[None], 0.8)[0], dim=-1)
+    frequency = torch.bincount(token, minlength=12) / draws
+    assert (frequency[expected == 0] == 0).all() and (expected == 0).any()  # top-p cut something, never sampled
+    assert ((frequency - expected).abs() <= 5 * (expected * (1 - expected) / draws).sqrt() + 1e-9).all()
+    torch.testing.assert_close(logprob, torch.log_softmax(scaled, dim=-1)[token])  # of the un-cut distribution
+
+
+def test_seed_makes_sampling_reproducible_without_touching_the_global_rng(model):
+    engine, prompts = _engine(model), _prompts((6, 6, 8))
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, n=4, seed=11)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = engine.generate(prompts, params)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = engine.generate(prompts, params)
+    c = engine.generate(prompts, SamplingParams(max_new_tokens=10, temperature=1.0, n=4, seed=12))
+    ids = lambda groups: [g.token_ids for group in groups for g in group]  # noqa: E731
+    assert ids(a) == ids(b) != ids(c)
+    assert len(set(map(tuple, ids(a)))) > 1  # the copies of one prompt are sampled independently
+
+
+def test_routing_is_the_routing_of_the_whole_sequence(model):
+    """Prefill once + expanded routing == what a plain forward over prompt + completion routes."""
+    prompts = _prompts((5, 9))
+    groups = _engine(model, batch_size=3).generate(prompts, SamplingParams(max_new_tokens=8, temperature=1.0, n=2, seed=0))
+    layers = len(find_routers(model))
+    for prompt, group in zip(prompts, groups):
+        for gen in group:
+            ids = prompt + gen.token_ids
+            assert gen.routed_experts.shape == (len(ids), layers, 2)
+            assert (gen.routed_experts[-1] == -1).all()  # the last token is never fed
+            with RoutingRecorder(model) as recorder:
+                model(input_ids=torch.tensor([ids]), use_cache=False)
+            full = recorder.per_sequence(len(ids), torch.ones(1, len(ids)))[0]
+            # the same experts, as sets per token and layer (top-k order may differ for near-equal scores)
+            assert torch.equal(gen.routed_experts[:-1].sort(-1).values, full[:-1].sort(-1).values)
+
+
+def test_top_p_is_transformers_top_p():
+    scores = torch.randn(7, 50) * 3
+    scores[0, :] = 0.0  # ties
+    for top_p in (0.1, 0.5, 0.9, 0.999):
+        assert torch.equal(_top_p(scores, top_p), TopPLogitsWarper(top_p)(None, scores.clone()))
