@@ -16,9 +16,9 @@ from typing import Sequence
 import torch
 
 from cascade.engine.moe import freeze_routers
-from cascade.engine.policy import Policy, load_policy, save_policy
+from cascade.engine.policy import Policy, load_policy
 from cascade.engine.rollout import collect_episodes
-from cascade.engine.trainer import OptimConfig, Trainer, check_finite, token_logprobs
+from cascade.engine.trainer import OptimConfig, Trainer, check_finite, token_logprobs, train_steps
 from cascade.types import Checkpoint, Episode, Reward, SamplingParams, Stage
 
 
@@ -146,20 +146,8 @@ class GRPOStage(Stage):
         trainer = Trainer(policy, cfg.optim, cfg.steps)
         engine = context.plugins.component("rollout_engines", context.config.rollout.engine).factory(policy, context.config.rollout)
         pools = {d: context.environment(d).samples("train", cfg.prompt_pool, context.seed) for d in self.domains}
-        context.stage.total_steps = cfg.steps
-        first = 1
-        resumed = context.last_step()
-        if resumed is not None:
-            trainer.load(resumed[1])
-            first = resumed[0] + 1
-        for step in range(first, cfg.steps + 1):
-            metrics = self.train_step(step, policy, trainer, engine, pools, context)
-            context.log(step, metrics)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                context.save_step(step, trainer.save)
-        trainer.close()
-        save_policy(policy, context.stage_dir / "checkpoint")
-        return Checkpoint(self.name, str(context.stage_dir / "checkpoint"))
+        return train_steps(trainer, context, cfg.steps, cfg.checkpoint_every,
+                           lambda n: self.train_step(n, policy, trainer, engine, pools, context))
 
     def train_step(self, step: int, policy: Policy, trainer: Trainer, engine, pools, context) -> dict[str, float]:
         cfg = self.config

@@ -45,6 +45,8 @@ class HFRolloutEngine(RolloutEngine):
 
     @torch.no_grad()
     def generate(self, prompts_B: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Generation]]:
+        if params.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {params.max_new_tokens}")
         flat = [list(p) for p in prompts_B for _ in range(params.n)]
         results: list[Generation] = []
         # a private generator: a seeded rollout is reproducible without resetting the caller's global RNG

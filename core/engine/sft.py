@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from cascade.config import ConfigError
-from cascade.engine.policy import load_policy, save_policy
-from cascade.engine.trainer import OptimConfig, Trainer, check_finite
+from cascade.engine.policy import load_policy
+from cascade.engine.trainer import OptimConfig, Trainer, check_finite, train_steps
 from cascade.models.packing import enable_packed_sequences, packed_inputs
 from cascade.types import Checkpoint, Stage
 
@@ -68,30 +68,22 @@ class SFTStage(Stage):
         policy = load_policy(start.path, context.config.model.dtype)
         rows = self.rows(policy.tokenizer, context)
         trainer = Trainer(policy, cfg.optim, cfg.steps)
-        context.stage.total_steps = cfg.steps
-        first = 1
-        resumed = context.last_step()
-        if resumed is not None:
-            trainer.load(resumed[1])
-            first = resumed[0] + 1
-        for step in range(first, cfg.steps + 1):
+
+        def step(n: int) -> dict[str, float]:
             started = time.perf_counter()
-            batch = self.rows_for_step(rows, step, context.seed)
+            batch = self.rows_for_step(rows, n, context.seed)
             total_tokens = sum(sum(r.loss_mask[1:]) for r in batch)
             loss_sum = 0.0
             for i in range(0, len(batch), cfg.micro_rows):
                 loss = self.loss(policy.model, batch[i:i + cfg.micro_rows], trainer, total_tokens)
-                check_finite(loss, step)
+                check_finite(loss, n)
                 loss.backward()
                 loss_sum += loss.item()
             metrics = trainer.step()
             tokens = sum(len(r.token_ids) for r in batch)
-            context.log(step, {"loss": loss_sum, "tokens_per_s": tokens / (time.perf_counter() - started), **metrics})
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                context.save_step(step, trainer.save)
-        trainer.close()
-        save_policy(policy, context.stage_dir / "checkpoint")
-        return Checkpoint(self.name, str(context.stage_dir / "checkpoint"))
+            return {"loss": loss_sum, "tokens_per_s": tokens / (time.perf_counter() - started), **metrics}
+
+        return train_steps(trainer, context, cfg.steps, cfg.checkpoint_every, step)
 
     def rows(self, tokenizer, context) -> list[Packed]:
         examples = []

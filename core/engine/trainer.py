@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_model, save_model
 
 from cascade.engine.moe import ExpertBalancer
-from cascade.engine.policy import Policy
-from cascade.types import StageError
+from cascade.engine.policy import Policy, save_policy
+from cascade.types import Checkpoint, StageError
 
 
 class NonFiniteLossError(StageError):
@@ -92,6 +93,24 @@ class Trainer:
 
     def close(self) -> None:
         self.balancer.close()
+
+
+def train_steps(trainer: Trainer, context, steps: int, checkpoint_every: int, step: Callable[[int], dict]) -> Checkpoint:
+    """The loop every training stage shares: resume from the last step checkpoint, run ``step(n)`` for
+    the remaining steps (logging its metrics, checkpointing every ``checkpoint_every``), save the policy."""
+    context.stage.total_steps = steps
+    first = 1
+    resumed = context.last_step()
+    if resumed is not None:
+        trainer.load(resumed[1])
+        first = resumed[0] + 1
+    for n in range(first, steps + 1):
+        context.log(n, step(n))
+        if n % checkpoint_every == 0 or n == steps:
+            context.save_step(n, trainer.save)
+    trainer.close()
+    path = save_policy(trainer.policy, context.stage_dir / "checkpoint")
+    return Checkpoint(context.stage.name, str(path))
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:

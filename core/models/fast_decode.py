@@ -64,7 +64,7 @@ def mamba2_selective_state_update(
     Shapes as transformers' torch fallback: state (b, h, p, n), hidden_states (b, h, p), dt (b, h, p), A (h, p, n),
     B and C (b, g, n), D and dt_bias (h, p)."""
     per_head = (
-        hidden_states.dim() == 3 and dt.dim() == 3 and A.dim() == 3
+        state.is_contiguous() and hidden_states.dim() == 3 and dt.dim() == 3 and A.dim() == 3
         and (D is None or D.dim() == 2) and (dt_bias is None or dt_bias.dim() == 2)
         and _broadcast_over(dt, (-1,)) and _broadcast_over(A, (-2, -1))
         and _broadcast_over(D, (-1,)) and _broadcast_over(dt_bias, (-1,))
