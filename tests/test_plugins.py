@@ -266,4 +266,11 @@ def test_third_party_plugin_pip_installed_then_uninstalled(tmp_path, toy_env):
     # a cascade spelled out in config that needs the plugin's stage type names what does exist
     gone = run_cascade(["train", *TOY_ARGS, "run_dir=run3", "cascade.stages.learn_add.type=reverse"], toy_env, tmp_path, check=False)
     assert gone.returncode == 2
-    assert "cascade.stages.learn_add.type: unknown stage 'reverse'" in gone.stderr and "Available: memorize" in gone.stderr
+    assert "cascade.stages.learn_add.type: unknown stage 'reverse' Available: " in gone.stderr
+    assert "memorize" in gone.stderr.split("Available: ")[1] and "reverse" not in gone.stderr.split("Available: ")[1]
+
+
+def test_an_unknown_name_with_nothing_installed_says_so():
+    from cascade.plugins import unknown_name_message
+
+    assert unknown_name_message("wrapper", "mopd", []) == "unknown wrapper 'mopd' Available: (none: is the plugin that provides it installed?)"

@@ -18,5 +18,5 @@ def test_smoke_cascade_learns(tmp_path, toy_env):
     assert scores["sft"] >= scores["init"] + 0.05  # SFT teaches the format and some arithmetic
     assert scores["math_grpo"] >= scores["sft"] - 0.05  # GRPO does not collapse what SFT learned
     grpo = [json.loads(line) for line in (tmp_path / "run" / "stages" / "02_math_grpo" / "history.jsonl").read_text().splitlines()]
-    assert len(grpo) == 10 and all(0.0 < row["reward"] < 1.0 for row in grpo)
-    assert report["details"]["math_grpo"]["math"]["n"] == 200.0
+    assert len(grpo) == 15 and all(0.0 < row["reward"] < 1.0 for row in grpo)
+    assert report["details"]["math_grpo"]["math"]["n"] == 100.0

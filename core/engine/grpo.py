@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from cascade.engine.moe import freeze_routers
+from cascade.engine.moe import freeze_routers, replay_routing
 from cascade.engine.policy import Policy, load_policy
 from cascade.engine.rollout import collect_episodes
 from cascade.engine.trainer import OptimConfig, Trainer, check_finite, token_logprobs, train_steps
@@ -38,6 +38,9 @@ class Batch:
     domains: list[str]
     teacher_logprobs: torch.Tensor | None = None
     """[B, T-1]: set by objectives that distil (MOPD)."""
+    routed_experts: torch.Tensor | None = None
+    """[B, T, moe_layers, k]: the rollout's experts per token (aligned with ``input_ids``), -1 where none was
+    recorded (padding, the never-fed last token); None when no episode carries routing (dense models)."""
 
     @classmethod
     def of(cls, episodes: Sequence[Episode], advantages: torch.Tensor, pad_id: int) -> "Batch":
@@ -46,12 +49,28 @@ class Batch:
         attention = torch.tensor([[1] * len(e.token_ids) + [0] * (width - len(e.token_ids)) for e in episodes])
         mask = torch.tensor([e.loss_mask[1:] + [0] * (width - len(e.loss_mask)) for e in episodes], dtype=torch.float32)
         logprobs = torch.tensor([e.logprobs[1:] + [0.0] * (width - len(e.logprobs)) for e in episodes])
-        return cls(ids, attention, mask, advantages, logprobs, [e.sample.domain for e in episodes])
+        return cls(ids, attention, mask, advantages, logprobs, [e.sample.domain for e in episodes],
+                   routed_experts=cls._routing(episodes, width))
 
     def rows(self, start: int, stop: int) -> "Batch":
         return Batch(self.input_ids[start:stop], self.attention_mask[start:stop], self.mask[start:stop],
                      self.advantages[start:stop], self.rollout_logprobs[start:stop], self.domains[start:stop],
-                     None if self.teacher_logprobs is None else self.teacher_logprobs[start:stop])
+                     None if self.teacher_logprobs is None else self.teacher_logprobs[start:stop],
+                     None if self.routed_experts is None else self.routed_experts[start:stop])
+
+    @staticmethod
+    def _routing(episodes: Sequence[Episode], width: int) -> torch.Tensor | None:
+        """Right-pad each episode's [tokens, layers, k] routing to ``width`` with -1 (an episode without routing
+        is all -1: its tokens keep the trainer's own choice)."""
+        recorded = [torch.as_tensor(e.routed_experts) for e in episodes if e.routed_experts is not None]
+        if not recorded:
+            return None
+        out = torch.full((len(episodes), width, *recorded[0].shape[1:]), -1, dtype=torch.int16)
+        for row, e in enumerate(episodes):
+            if e.routed_experts is not None:
+                r = torch.as_tensor(e.routed_experts)[:width]
+                out[row, :r.shape[0]] = r
+        return out
 
 
 class PolicyGradient:
@@ -125,6 +144,8 @@ class GRPOStage(Stage):
         overlong_reward: float = 0.0
         """Reward of a response that hit ``max_new_tokens``."""
         freeze_router: bool = True
+        routing_replay: bool = True
+        """MoE: the training forward uses the experts the rollout chose (episodes' ``routed_experts``)."""
         micro_batch: int = 32
         prompt_pool: int = 2000
         checkpoint_every: int = 10
@@ -231,9 +252,12 @@ class GRPOStage(Stage):
             for start in range(0, batch.input_ids.shape[0], cfg.micro_batch):
                 micro = batch.rows(start, start + cfg.micro_batch)
                 trainer.balancer.token_mask = micro.attention_mask
-                logprobs, entropy = token_logprobs(trainer.model, micro.input_ids, micro.attention_mask, with_entropy=update == 0,
-                                                   temperature=cfg.temperature)
+                with replay_routing(trainer.model, micro.routed_experts if cfg.routing_replay else None) as replay:
+                    logprobs, entropy = token_logprobs(trainer.model, micro.input_ids, micro.attention_mask, with_entropy=update == 0,
+                                                       temperature=cfg.temperature)
                 if update == 0:  # before any optimizer step: these are the behaviour policy's log-probs
+                    sums["routing_hits"] = sums.get("routing_hits", 0.0) + replay.hits
+                    sums["routing_choices"] = sums.get("routing_choices", 0) + replay.total
                     old_logprobs[start] = logprobs.detach()
                     sums["entropy"] += (entropy * micro.mask).sum().item()
                     sums["rollout_logprob_gap"] += ((logprobs.detach() - micro.rollout_logprobs).abs() * micro.mask).sum().item()
@@ -259,4 +283,5 @@ class GRPOStage(Stage):
             "rollout_logprob_gap": sums["rollout_logprob_gap"] / n,
             **self.objective.summarize(sums, batch, cfg.updates_per_batch),
             **optim_metrics,
+            **({"routing_agreement": sums["routing_hits"] / sums["routing_choices"]} if sums.get("routing_choices") else {}),
         }

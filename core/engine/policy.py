@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from cascade.config import ConfigError
+from cascade.engine.moe import prepare_moe
 from cascade.io import write_dir_atomic
 from cascade.types import Checkpoint, Environment
 
@@ -45,6 +46,7 @@ def load_policy(path: str | Path, dtype: str = "float32") -> Policy:
         raise ConfigError(f"the tokenizer in {path} has no chat template; cascade needs one to render prompts "
                           f"(set tokenizer.chat_template and save it, e.g. a ChatML template)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    prepare_moe(model)  # every engine model (trainer, rollouts, evaluation, teachers) routes with our kernels
     return Policy(model, tokenizer)
 
 
