@@ -11,6 +11,7 @@ from transformers.generation.logits_process import TopPLogitsWarper
 
 from cascade.engine.moe import RoutingRecorder, find_routers
 from cascade.engine.policy import Policy
+from cascade.models import fallbacks
 from cascade.engine.rollout import HFRolloutEngine, _next_token, _top_p
 from cascade.models import fast_decode
 from cascade.models.tiny_nemotron_h import build_model, tiny_nemotron_h_config
@@ -94,7 +95,7 @@ def test_enable_is_idempotent_and_leaves_real_kernels_alone(monkeypatch):
     assert [getattr(nemotron_h, n) for n in names] == installed  # not wrapped twice
     fast_decode.disable_fast_decode()
     assert not fast_decode.fast_decode_enabled()
-    monkeypatch.setattr(fast_decode, "_is_torch_fallback", lambda fn, name: False)  # as with mamba_ssm installed
+    monkeypatch.setattr(fallbacks, "is_torch_fallback", lambda fn, package, function: False)  # as with mamba_ssm installed
     assert fast_decode.enable_fast_decode() == dict.fromkeys(names, False)
     assert [getattr(nemotron_h, n) for n in names] == [ORIGINAL[n] for n in names]
     monkeypatch.undo()

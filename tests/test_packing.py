@@ -200,8 +200,8 @@ def test_unpacked_path_is_bit_identical(model):
 
 def test_enable_is_idempotent_and_leaves_real_kernels_alone(monkeypatch):
     enable_packed_sequences()
-    first = {name: getattr(nemotron_h, name) for name in packing._PATCHED}
-    assert enable_packed_sequences() == dict.fromkeys(packing._PATCHED, True)
+    first = {name: getattr(nemotron_h, name) for name in packing._PATCH.kernels}
+    assert enable_packed_sequences() == dict.fromkeys(packing._PATCH.kernels, True)
     assert all(getattr(nemotron_h, name) is fn for name, fn in first.items())
 
     # a scan wrapper whose real kernel was found (as when mamba_ssm is installed) stays in place

@@ -27,28 +27,20 @@ module globals looked up at call time by the mixer, replaced only where transfor
 
 from __future__ import annotations
 
-import importlib
-import inspect
-
 import torch
 import torch.nn.functional as F
 import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 from transformers.activations import ACT2FN
+
+from cascade.models.fallbacks import FallbackPatch
 
 # name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
 _KERNELS = {
     "mamba2_selective_state_update": ("mamba_ssm", "selective_state_update"),
     "causal_conv1d_update": ("causal_conv1d", "causal_conv1d_update"),
 }
-_MARK = "__cascade_fast_decode_original__"
-
-
-def _unwrap(fn):
-    return getattr(fn, _MARK, fn)
-
-
-# transformers' functions as they were before any patching (unwrap, in case this module is reloaded after install)
-_ORIGINAL = {name: _unwrap(getattr(_nemotron_h, name)) for name in _KERNELS}
+_PATCH = FallbackPatch(_nemotron_h, "__cascade_fast_decode_original__", _KERNELS)
+_ORIGINAL = _PATCH.original
 
 
 def _broadcast_over(t: torch.Tensor | None, dims: tuple[int, ...]) -> bool:
@@ -132,59 +124,21 @@ _REPLACEMENT = {
 }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Installing
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _is_torch_fallback(fn, name: str) -> bool:
-    """Whether transformers' wrapper `fn` would run its pure-torch reference (rather than a real kernel)."""
-    if inspect.isfunction(fn):
-        nonlocals = inspect.getclosurevars(fn).nonlocals
-        if "is_new_implementation" in nonlocals:  # use_kernel_func_from_hub_with_fallback's own verdict
-            return not nonlocals["is_new_implementation"]
-    package, function = _KERNELS[name]
-    try:  # unknown wrapper: mirror the decorator's rule (the package imports and has the function)
-        return getattr(importlib.import_module(package), function, None) is None
-    except Exception:
-        return True
-
-
 def enable_fast_decode() -> dict[str, bool]:
     """Install the fast decode functions into modeling_nemotron_h where the torch fallback would run.
 
     Idempotent. Returns {function name: whether ours is installed}; False means a real kernel is in place and was
-    left alone."""
-    installed = {}
-    for name, replacement in _REPLACEMENT.items():
-        current = getattr(_nemotron_h, name)
-        if hasattr(current, _MARK):
-            installed[name] = True
-        elif _is_torch_fallback(current, name):
-            # our functions delegate to _ORIGINAL (the pre-patch wrapper) for the cases they do not cover
-            def bound(*args, _replacement=replacement, **kwargs):
-                return _replacement(*args, **kwargs)
-
-            bound.__name__ = bound.__qualname__ = name
-            bound.__doc__ = replacement.__doc__
-            setattr(bound, _MARK, current)
-            setattr(_nemotron_h, name, bound)
-            installed[name] = True
-        else:
-            installed[name] = False
-    return installed
+    left alone. Ours delegate to the original for the cases they do not cover."""
+    return _PATCH.enable(lambda name, current: _REPLACEMENT[name])
 
 
 def disable_fast_decode() -> None:
     """Put transformers' own functions back (undo enable_fast_decode)."""
-    for name in _REPLACEMENT:
-        current = getattr(_nemotron_h, name)
-        if hasattr(current, _MARK):
-            setattr(_nemotron_h, name, getattr(current, _MARK))
+    _PATCH.disable()
 
 
 def fast_decode_enabled() -> bool:
-    return any(hasattr(getattr(_nemotron_h, name), _MARK) for name in _REPLACEMENT)
+    return _PATCH.enabled()
 
 
 __all__ = [

@@ -52,8 +52,6 @@ approximated by large negative numbers. (The decays are exp of sums of dt * A <=
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from typing import NamedTuple
 
 import torch
@@ -61,27 +59,15 @@ import torch.nn.functional as F
 import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 from transformers.activations import ACT2FN
 
-# name in modeling_nemotron_h -> package whose real kernel would replace the torch fallback
-_PATCHED = {
-    "causal_conv1d_fn": "causal_conv1d",
-    "mamba2_chunk_scan": "mamba_ssm",
-    "mamba2_split_conv1d_scan_combined": "mamba_ssm",
-}
-# the function name inside that package, for the import check used when the wrapper cannot be inspected
-_PACKAGE_FUNC = {
-    "causal_conv1d_fn": "causal_conv1d_fn",
-    "mamba2_chunk_scan": "mamba_chunk_scan_combined",
-    "mamba2_split_conv1d_scan_combined": "mamba_split_conv1d_scan_combined",
-}
-_MARK = "__cascade_packed_original__"
+from cascade.models.fallbacks import FallbackPatch
 
-
-def _unwrap(fn):
-    return getattr(fn, _MARK, fn)
-
-
-# transformers' functions as they were before any patching (unwrap, in case this module is reloaded after install)
-_ORIGINAL = {name: _unwrap(getattr(_nemotron_h, name)) for name in _PATCHED}
+# name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
+_PATCH = FallbackPatch(_nemotron_h, "__cascade_packed_original__", {
+    "causal_conv1d_fn": ("causal_conv1d", "causal_conv1d_fn"),
+    "mamba2_chunk_scan": ("mamba_ssm", "mamba_chunk_scan_combined"),
+    "mamba2_split_conv1d_scan_combined": ("mamba_ssm", "mamba_split_conv1d_scan_combined"),
+})
+_ORIGINAL = _PATCH.original
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,72 +299,40 @@ _REPLACEMENT = {
 }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Installing
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _is_torch_fallback(fn, name: str) -> bool:
-    """Whether transformers' wrapper `fn` would run its pure-torch reference (rather than a real kernel)."""
-    if inspect.isfunction(fn):
-        nonlocals = inspect.getclosurevars(fn).nonlocals
-        if "is_new_implementation" in nonlocals:  # use_kernel_func_from_hub_with_fallback's own verdict
-            return not nonlocals["is_new_implementation"]
-    # Unknown wrapper: mirror the decorator's rule (the package imports and has the function).
-    try:
-        module = importlib.import_module(_PATCHED[name])
-        return getattr(module, _PACKAGE_FUNC[name], None) is None
-    except Exception:
-        return True
-
-
 def enable_packed_sequences() -> dict[str, bool]:
     """Install the seq_idx-aware torch functions into modeling_nemotron_h where the torch fallback would run.
 
     Idempotent. A packed forward (seq_idx given) with a cache (`use_cache` left at the config's True) raises
-    ValueError instead of letting the attention layers mix the samples. Returns {function name: whether ours is installed}; False means a real kernel (which supports
-    seq_idx natively) is in place and was left alone.
+    ValueError instead of letting the attention layers mix the samples. Returns {function name: whether ours is
+    installed}; False means a real kernel (which supports seq_idx natively) is in place and was left alone.
     """
-    installed = {}
-    for name, replacement in _REPLACEMENT.items():
-        current = getattr(_nemotron_h, name)
-        if hasattr(current, _MARK):
-            installed[name] = True
-        elif _is_torch_fallback(current, name):
-            def bound(*args, _replacement=replacement, _original=current, _name=name, **kwargs):
-                if kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None:
-                    return _original(*args, **kwargs)  # the unpacked call, exactly as transformers makes it
-                if _name == "mamba2_chunk_scan" and (
-                    kwargs.get("return_final_states") or kwargs.get("initial_states") is not None
-                ):
-                    # the mixer asks for final states only when it has a cache, and with a cache transformers
-                    # does not build the packed (block-diagonal) attention mask: attention would leak silently
-                    raise ValueError(
-                        "packed sequences (seq_idx) need `use_cache=False` and no attention_mask: with a cache "
-                        "the attention layers do not keep the samples apart"
-                    )
-                return _replacement(*args, **kwargs)
 
-            bound.__name__ = bound.__qualname__ = name
-            bound.__doc__ = replacement.__doc__
-            setattr(bound, _MARK, current)
-            setattr(_nemotron_h, name, bound)
-            installed[name] = True
-        else:
-            installed[name] = False
-    return installed
+    def bind(name, original):
+        replacement = _REPLACEMENT[name]
+
+        def bound(*args, **kwargs):
+            if kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None:
+                return original(*args, **kwargs)  # the unpacked call, exactly as transformers makes it
+            if name == "mamba2_chunk_scan" and (kwargs.get("return_final_states") or kwargs.get("initial_states") is not None):
+                # the mixer asks for final states only when it has a cache, and with a cache transformers
+                # does not build the packed (block-diagonal) attention mask: attention would leak silently
+                raise ValueError("packed sequences (seq_idx) need `use_cache=False` and no attention_mask: with a "
+                                 "cache the attention layers do not keep the samples apart")
+            return replacement(*args, **kwargs)
+
+        bound.__doc__ = replacement.__doc__
+        return bound
+
+    return _PATCH.enable(bind)
 
 
 def disable_packed_sequences() -> None:
     """Put transformers' own functions back (undo enable_packed_sequences)."""
-    for name in _REPLACEMENT:
-        current = getattr(_nemotron_h, name)
-        if hasattr(current, _MARK):
-            setattr(_nemotron_h, name, getattr(current, _MARK))
+    _PATCH.disable()
 
 
 def packed_sequences_enabled() -> bool:
-    return any(hasattr(getattr(_nemotron_h, name), _MARK) for name in _REPLACEMENT)
+    return _PATCH.enabled()
 
 
 __all__ = [
