@@ -116,11 +116,15 @@ class CascadeRunner:
         finally:
             for name in loggers:
                 self.plugins.unregister(name)
+            for component in [*self._environments.values(), *self._rewards.values()]:
+                if callable(getattr(component, "close", None)):  # e.g. a reward's worker processes
+                    component.close()
 
     def _run_init(self, info: RunInfo, registry: Registry) -> None:
         stage = StageInfo(INIT, 0, "init", self.domains)
         path = self.run_dir / "checkpoints" / INIT
         seed_everything(self.config.seed)
+        self.plugins.hook.cascade_stage_start(run=info, stage=stage)
         started = time.time()
         environments = {domain: self.environment(domain) for domain in self.domains}
         checkpoint = self.plugins.hook.cascade_init_checkpoint(

@@ -158,7 +158,8 @@ class Reward(abc.ABC):
 
     Seeing the whole group lets pairwise judges compare rollouts; GRPO then centres the values across
     the group. A reward that raises or hangs must not stall training: wrap slow or untrusted work in
-    :class:`cascade.rewards.isolated` workers and return 0 with ``info["status"]``.
+    :class:`cascade.rewards.isolated` workers and return 0 with ``info["status"]``. A ``close()`` method,
+    if present, is called when the run ends (environments too).
     """
 
     @abc.abstractmethod

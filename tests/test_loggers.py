@@ -26,7 +26,7 @@ def test_jsonl_records_every_event(tmp_path, toy_env):
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "run_start" and kinds[-1] == "run_end"
-    assert kinds.count("stage_start") == 2 and kinds.count("stage_end") == 3  # init + two stages
+    assert kinds.count("stage_start") == 3 and kinds.count("stage_end") == 3  # init + two stages
     assert kinds.count("eval") == 3 and kinds.count("step") == 20
     steps = [e for e in events if e["event"] == "step" and e["stage"] == "learn_add"]
     assert [e["step"] for e in steps] == list(range(1, 11)) and "reward" in steps[0]["metrics"]
@@ -44,5 +44,5 @@ def test_wandb_offline_makes_one_run_per_stage_and_a_scores_run(tmp_path, toy_en
     pytest.importorskip("wandb")
     run_with(tmp_path, "[wandb]")
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 3  # learn_add, learn_mul, and the summary run with the scores table
+    assert len(runs) == 4  # init (its evaluation), learn_add, learn_mul, and the summary run with the scores table
     assert all(any(r.glob("*.wandb")) for r in runs)

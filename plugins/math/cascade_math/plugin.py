@@ -63,6 +63,10 @@ class MathVerifyReward(Reward):
         result = self.verifier.score([(e.messages[-1]["content"], str(e.sample.answer)) for e in episodes_G])
         return [RewardResult(score, info={"status": status}) for score, status in zip(result.scores, result.statuses)]
 
+    def close(self) -> None:
+        """Stop the worker processes (the runner calls this when the run ends)."""
+        self.verifier.close()
+
 
 @hookimpl
 def cascade_environments():
