@@ -291,3 +291,33 @@ def test_evaluation_scores_the_held_out_split(checkpoint):
     result = evaluate(checkpoint, Arithmetic(), AlwaysRight(), options, seed=0)
     assert result["score"] == 1.0 and result["n"] == 4.0
     assert evaluate(checkpoint.__class__("x", "/nonexistent"), Arithmetic(), AlwaysRight(), options, 0) is None
+
+
+def test_shared_prompt_logprobs_equal_the_plain_forward(policy):
+    """Groups of 3, 2 and 1 rollouts with prompts of different lengths: same log-probs, entropy and gradients."""
+    from cascade.engine.prefix_sharing import prompt_groups, shared_prompt_logprobs
+
+    torch.manual_seed(0)
+    rows = []
+    for prompt_len, group in [(7, 3), (12, 2), (5, 1)]:
+        prompt = torch.randint(10, 250, (prompt_len,)).tolist()
+        rows += [(prompt + torch.randint(10, 250, (int(torch.randint(1, 9, ())),)).tolist(), prompt_len) for _ in range(group)]
+    width = max(len(r) for r, _ in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r, _ in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in rows])
+    mask = torch.tensor([[0] * (p - 1) + [1] * (len(r) - p) + [0] * (width - len(r)) for r, p in rows], dtype=torch.float32)
+    batch = SimpleNamespace(input_ids=ids, attention_mask=attention, mask=mask, routed_experts=None)
+    assert prompt_groups(ids, mask)[1] == [0, 0, 0, 1, 1, 2]
+
+    model = policy.model.train()
+    plain, plain_entropy = token_logprobs(model, ids, attention, with_entropy=True, temperature=0.7)
+    (plain * mask).sum().backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    shared, shared_entropy, _, _ = shared_prompt_logprobs(model, batch, temperature=0.7, with_entropy=True)
+    assert torch.allclose(shared * mask, plain * mask, atol=1e-4)
+    assert torch.allclose(shared_entropy * mask, plain_entropy * mask, atol=1e-4)
+    (shared * mask).sum().backward()
+    for name, param in model.named_parameters():
+        if name in plain_grads:
+            assert torch.allclose(param.grad, plain_grads[name], atol=1e-5, rtol=1e-3), name

@@ -17,6 +17,7 @@ import torch
 
 from cascade.engine.moe import freeze_routers, replay_routing
 from cascade.engine.policy import Policy, load_policy
+from cascade.engine.prefix_sharing import shared_prompt_logprobs
 from cascade.engine.rollout import collect_episodes
 from cascade.engine.trainer import OptimConfig, Trainer, check_finite, token_logprobs, train_steps
 from cascade.types import Checkpoint, Episode, Reward, SamplingParams, Stage
@@ -144,6 +145,8 @@ class GRPOStage(Stage):
         overlong_reward: float = 0.0
         """Reward of a response that hit ``max_new_tokens``."""
         freeze_router: bool = True
+        share_prompts: bool = True
+        """Run each group's prompt once in the update and continue every rollout from its cache (same result)."""
         routing_replay: bool = True
         """MoE: the training forward uses the experts the rollout chose (episodes' ``routed_experts``)."""
         micro_batch: int = 32
@@ -251,13 +254,18 @@ class GRPOStage(Stage):
         for update in range(cfg.updates_per_batch):
             for start in range(0, batch.input_ids.shape[0], cfg.micro_batch):
                 micro = batch.rows(start, start + cfg.micro_batch)
-                trainer.balancer.token_mask = micro.attention_mask
-                with replay_routing(trainer.model, micro.routed_experts if cfg.routing_replay else None) as replay:
-                    logprobs, entropy = token_logprobs(trainer.model, micro.input_ids, micro.attention_mask, with_entropy=update == 0,
-                                                       temperature=cfg.temperature)
+                if cfg.share_prompts:
+                    logprobs, entropy, hits, choices = shared_prompt_logprobs(
+                        trainer.model, micro, cfg.temperature, update == 0, cfg.routing_replay, trainer.balancer)
+                else:
+                    trainer.balancer.token_mask = micro.attention_mask
+                    with replay_routing(trainer.model, micro.routed_experts if cfg.routing_replay else None) as replay:
+                        logprobs, entropy = token_logprobs(trainer.model, micro.input_ids, micro.attention_mask,
+                                                           with_entropy=update == 0, temperature=cfg.temperature)
+                    hits, choices = replay.hits, replay.total
                 if update == 0:  # before any optimizer step: these are the behaviour policy's log-probs
-                    sums["routing_hits"] = sums.get("routing_hits", 0.0) + replay.hits
-                    sums["routing_choices"] = sums.get("routing_choices", 0) + replay.total
+                    sums["routing_hits"] = sums.get("routing_hits", 0.0) + hits
+                    sums["routing_choices"] = sums.get("routing_choices", 0) + choices
                     old_logprobs[start] = logprobs.detach()
                     sums["entropy"] += (entropy * micro.mask).sum().item()
                     sums["rollout_logprob_gap"] += ((logprobs.detach() - micro.rollout_logprobs).abs() * micro.mask).sum().item()
