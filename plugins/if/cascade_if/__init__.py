@@ -1,0 +1,1 @@
+"""cascade-if: the instruction-following (IF-RL) domain of cascade-rl."""
