@@ -41,142 +41,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+# run as `python -P benchmarks/grpo_vs_trl.py` (and so are its children): put this folder on the path for `workload`
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload  # noqa: E402
+from workload import (BETAS, LR, SEED, _cascade_setup, _load_prompts, _one_thread, _peak_rss_mb,  # noqa: E402
+                      add_workload_args, exact_match, step_spread, timed_steps)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "grpo_vs_trl.json"
-SEED = 0
-LR = 3e-6
-BETAS = (0.9, 0.98)
-
-
-# ---- shared by both sides ----------------------------------------------------------------------------------
-
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_NUMBER = re.compile(r"-?\d+(?:\s*/\s*\d+)?(?:\.\d+)?")
-
-
-def exact_match(text: str, answer: str) -> float:
-    """1.0 if the last ``\\boxed{...}`` (or, without one, the last number) of ``text`` equals ``answer``."""
-    boxed = _BOXED.findall(text)
-    if boxed:
-        guess = boxed[-1]
-    else:
-        numbers = _NUMBER.findall(text)
-        guess = numbers[-1] if numbers else None
-    return float(guess is not None and guess.replace(" ", "") == str(answer).replace(" ", ""))
-
-
-def _one_thread() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _peak_rss_mb() -> dict[str, float]:
-    """Peak resident memory of this process: VmHWM (this exec's own) and ru_maxrss (kernel's max)."""
-    import resource
-
-    hwm = None
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    return {"peak_rss_mb": hwm, "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def _load_prompts(workdir: Path) -> list[dict]:
-    return json.loads((workdir / "prompts.json").read_text())
 
 
 # ---- child: build the checkpoint and the prompt list once ---------------------------------------------------
 
 
 def child_prepare(args) -> dict:
-    _one_thread()
-    from omegaconf import OmegaConf
-
-    from cascade.engine.policy import init_checkpoint, load_policy
-    from cascade.engine.rollout import render_prompt
-    from cascade_math.plugin import MathEnvironment
-
-    env = MathEnvironment()
-    env.domain = "math"
-    path = Path(args.workdir) / "checkpoint"
-    model_config = OmegaConf.create({"path": None, "arch": "tiny_nemotron_h", "options": {}, "dtype": "float32"})
-    init_checkpoint(model_config, str(path), seed=SEED, environments={"math": env})
-    policy = load_policy(path)
-    total = args.prompts * (args.warmup + args.steps + (1 if args.profile else 0))
-    samples = env.samples("train", total, SEED)
-    if len(samples) < total:
-        raise SystemExit(f"the math environment gave {len(samples)} prompts, {total} needed")
-    prompts = []
-    for s in samples:
-        text = render_prompt(policy, s.messages, thinking=False)
-        prompts.append({"id": s.id, "messages": s.messages, "answer": str(s.answer),
-                        "ids": policy.tokenizer(text, add_special_tokens=False)["input_ids"]})
-    (Path(args.workdir) / "prompts.json").write_text(json.dumps(prompts))
-    return {"checkpoint": str(path), "parameters": sum(p.numel() for p in policy.model.parameters()),
-            "vocab": len(policy.tokenizer), "prompts": len(prompts),
-            "mean_prompt_tokens": sum(len(p["ids"]) for p in prompts) / len(prompts)}
+    return workload.child_prepare(args, args.prompts * (args.warmup + args.steps + (1 if args.profile else 0)))
 
 
 # ---- child: cascade ------------------------------------------------------------------------------------------
-
-
-def _cascade_setup(args):
-    from types import SimpleNamespace
-
-    from cascade import Reward, RewardResult, Sample
-    from cascade.engine.grpo import GRPOStage
-    from cascade.engine.moe import freeze_routers
-    from cascade.engine.policy import load_policy
-    from cascade.engine.rollout import HFRolloutEngine
-    from cascade.engine.trainer import OptimConfig, Trainer
-    from cascade_math.plugin import MathEnvironment
-
-    class ExactMatch(Reward):
-        def score(self, episodes_G):
-            return [RewardResult(exact_match(e.messages[-1]["content"], e.sample.answer)) for e in episodes_G]
-
-    class FixedOrderGRPO(GRPOStage):
-        """Step k takes prompts [(k-1)P, kP) of the pool, in order: the prompts TRL sees at its step k."""
-
-        seen: list[list[str]] = []
-
-        def draw(self, pools, n, seed, step, round_):
-            domain = self.domains[0]
-            first = (step - 1) * self.config.prompts_per_step
-            drawn = pools[domain][first:first + n]
-            self.seen.append([s.id for s in drawn])
-            return {domain: drawn}
-
-    env = MathEnvironment()
-    env.domain = "math"
-    n = args.prompts * args.group_size
-    config = GRPOStage.Config(
-        steps=args.warmup + args.steps + 1, prompts_per_step=args.prompts, group_size=args.group_size,
-        temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
-        optim=OptimConfig(lr=LR, weight_decay=0.0, betas=list(BETAS), grad_clip=1.0),
-        updates_per_batch=1, clip_eps=0.2, kl_coef=0.0, dynamic_filter=False, micro_batch=args.micro_batch,
-    )
-    stage = FixedOrderGRPO("grpo", config, ["math"])
-    stage.reference = None  # what run() sets with kl_coef == 0
-    policy = load_policy(Path(args.workdir) / "checkpoint", "float32")
-    if config.freeze_router:
-        freeze_routers(policy.model)
-    trainer = Trainer(policy, config.optim, config.steps)
-    engine = HFRolloutEngine(policy, batch_size=max(64, n))  # conf/rollout/hf.yaml: 64
-    pools = {"math": [Sample(p["id"], "math", p["messages"], p["answer"]) for p in _load_prompts(Path(args.workdir))]}
-    reward = ExactMatch()
-    context = SimpleNamespace(environment=lambda d: env, reward=lambda d: reward, seed=SEED)
-    return stage, policy, trainer, engine, pools, context
 
 
 def child_ours(args) -> dict:
@@ -335,28 +222,12 @@ CHILDREN = {"prepare": child_prepare, "ours": child_ours, "trl": child_trl, "pro
 
 
 def run_child(kind: str, args) -> dict:
-    out = Path(args.workdir) / f"{kind}.json"
-    out.unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--child-out", str(out),
-           "--workdir", args.workdir, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--group-size", str(args.group_size), "--prompts", str(args.prompts),
-           "--max-new-tokens", str(args.max_new_tokens), "--micro-batch", str(args.micro_batch)]
-    if args.profile:
-        cmd.append("--profile")
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"the {kind} child failed (exit {proc.returncode})")
-    result = json.loads(out.read_text())
-    result["process_seconds"] = time.perf_counter() - started
-    return result
+    return workload.run_child(kind, args, __file__, extra_args=["--profile"] if args.profile else [])
 
 
 def summarise(runs: list[dict], warmup: int) -> dict:
     """Pool the timed steps of every repeat of one side: means per step, and the spread of step times."""
-    timed = [s for run in runs for s in run["steps"] if s["step"] > warmup]
+    timed = timed_steps(runs, warmup)
     seconds = sum(s["seconds"] for s in timed)
     cpu = sum(s["cpu_seconds"] for s in timed)
     tokens = sum(s["tokens"] for s in timed)
@@ -365,7 +236,7 @@ def summarise(runs: list[dict], warmup: int) -> dict:
     return {"timed_steps": n, "repeats": len(runs), "seconds_per_step": seconds / n, "tokens_per_step": tokens / n,
             "tokens_per_s": tokens / seconds, "cpu_seconds_per_step": cpu / n, "tokens_per_cpu_s": tokens / cpu,
             "rollout_seconds_per_step": rollout / n, "update_seconds_per_step": (seconds - rollout) / n,
-            "step_seconds_min": min(s["seconds"] for s in timed), "step_seconds_max": max(s["seconds"] for s in timed),
+            **step_spread(timed),
             "peak_rss_mb": max(run["peak_rss_mb"] for run in runs), "ru_maxrss_mb": max(run["ru_maxrss_mb"] for run in runs)}
 
 
@@ -393,12 +264,7 @@ def _load_average() -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per side and repeat (after the warm-up)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--micro-batch", type=int, default=32, help="rows per forward/backward (both sides)")
+    add_workload_args(parser, "rows per forward/backward (both sides)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="run the sides alternately this many times each (ours, TRL, TRL, ours, ...) and pool the steps")
     parser.add_argument("--profile", action="store_true", help="also cProfile one cascade step")

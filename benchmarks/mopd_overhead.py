@@ -36,139 +36,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+# run as `python -P benchmarks/mopd_overhead.py` (and so are its children): put this folder on the path for `workload`
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload  # noqa: E402
+from workload import (DOMAIN, LR, SEED, _cascade_setup, _one_thread, _peak_rss_mb, add_workload_args,  # noqa: E402
+                      step_spread, timed_steps)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "mopd_overhead.json"
-SEED = 0
-LR = 3e-6
-BETAS = (0.9, 0.98)
-DOMAIN = "math"
 GOAL_RATIO = 1.5
 GOAL_TEACHER_FORWARDS = 1.0
-
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_NUMBER = re.compile(r"-?\d+(?:\s*/\s*\d+)?(?:\.\d+)?")
-
-
-def exact_match(text: str, answer: str) -> float:
-    """1.0 if the last ``\\boxed{...}`` (or, without one, the last number) of ``text`` equals ``answer``."""
-    boxed = _BOXED.findall(text)
-    if boxed:
-        guess = boxed[-1]
-    else:
-        numbers = _NUMBER.findall(text)
-        guess = numbers[-1] if numbers else None
-    return float(guess is not None and guess.replace(" ", "") == str(answer).replace(" ", ""))
-
-
-def _one_thread() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _peak_rss_mb() -> float | None:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
 
 
 # ---- child: the checkpoint, its teacher copy, the prompts ------------------------------------------------------
 
 
 def child_prepare(args) -> dict:
-    _one_thread()
-    from omegaconf import OmegaConf
-
-    from cascade.engine.policy import init_checkpoint, load_policy
-    from cascade.engine.rollout import render_prompt
-    from cascade_math.plugin import MathEnvironment
-
-    env = MathEnvironment()
-    env.domain = DOMAIN
-    workdir = Path(args.workdir)
-    path, teacher = workdir / "checkpoint", workdir / "teacher"
-    shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(teacher, ignore_errors=True)
-    model_config = OmegaConf.create({"path": None, "arch": "tiny_nemotron_h", "options": {}, "dtype": "float32"})
-    init_checkpoint(model_config, str(path), seed=SEED, environments={DOMAIN: env})
-    shutil.copytree(path, teacher)  # the teacher: a second copy of the same weights
-    policy = load_policy(path)
-    total = args.prompts * (args.warmup + args.steps)
-    samples = env.samples("train", total, SEED)
-    if len(samples) < total:
-        raise SystemExit(f"the math environment gave {len(samples)} prompts, {total} needed")
-    prompts = []
-    for s in samples:
-        text = render_prompt(policy, s.messages, thinking=False)
-        prompts.append({"id": s.id, "messages": s.messages, "answer": str(s.answer),
-                        "prompt_tokens": len(policy.tokenizer(text, add_special_tokens=False)["input_ids"])})
-    (workdir / "prompts.json").write_text(json.dumps(prompts))
-    return {"checkpoint": str(path), "teacher_checkpoint": str(teacher),
-            "parameters": sum(p.numel() for p in policy.model.parameters()), "vocab": len(policy.tokenizer),
-            "prompts": len(prompts), "mean_prompt_tokens": sum(p["prompt_tokens"] for p in prompts) / len(prompts)}
+    return workload.child_prepare(args, args.prompts * (args.warmup + args.steps), teacher=True)
 
 
 # ---- child: one side (grpo or mopd) ------------------------------------------------------------------------------
-
-
-def _setup(args):
-    from types import SimpleNamespace
-
-    from cascade import Reward, RewardResult, Sample
-    from cascade.engine.grpo import GRPOStage
-    from cascade.engine.moe import freeze_routers
-    from cascade.engine.policy import load_policy
-    from cascade.engine.rollout import HFRolloutEngine
-    from cascade.engine.trainer import OptimConfig, Trainer
-    from cascade_math.plugin import MathEnvironment
-
-    class ExactMatch(Reward):
-        def score(self, episodes_G):
-            return [RewardResult(exact_match(e.messages[-1]["content"], e.sample.answer)) for e in episodes_G]
-
-    class FixedOrderGRPO(GRPOStage):
-        """Step k takes prompts [(k-1)P, kP) of the pool, in order: both sides sample the same prompts."""
-
-        seen: list[list[str]] = []
-
-        def draw(self, pools, n, seed, step, round_):
-            first = (step - 1) * self.config.prompts_per_step
-            drawn = pools[DOMAIN][first:first + n]
-            self.seen.append([s.id for s in drawn])
-            return {DOMAIN: drawn}
-
-    env = MathEnvironment()
-    env.domain = DOMAIN
-    n = args.prompts * args.group_size
-    config = GRPOStage.Config(
-        steps=args.warmup + args.steps + 1, prompts_per_step=args.prompts, group_size=args.group_size,
-        temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
-        optim=OptimConfig(lr=LR, weight_decay=0.0, betas=list(BETAS), grad_clip=1.0),
-        updates_per_batch=1, clip_eps=0.2, kl_coef=0.0, dynamic_filter=False, micro_batch=args.micro_batch,
-    )
-    stage = FixedOrderGRPO("grpo", config, [DOMAIN])
-    stage.reference = None  # what run() sets with kl_coef == 0
-    policy = load_policy(Path(args.workdir) / "checkpoint", "float32")
-    if config.freeze_router:
-        freeze_routers(policy.model)
-    trainer = Trainer(policy, config.optim, config.steps)
-    engine = HFRolloutEngine(policy, batch_size=max(64, n))  # conf/rollout/hf.yaml: 64
-    prompts = json.loads((Path(args.workdir) / "prompts.json").read_text())
-    pools = {DOMAIN: [Sample(p["id"], DOMAIN, p["messages"], p["answer"]) for p in prompts]}
-    reward = ExactMatch()
-    context = SimpleNamespace(environment=lambda d: env, reward=lambda d: reward, seed=SEED)
-    return stage, policy, trainer, engine, pools, context
 
 
 class TeacherCounter:
@@ -206,7 +98,7 @@ def child_side(args) -> dict:
     import torch
 
     torch.manual_seed(SEED)
-    stage, policy, trainer, engine, pools, context = _setup(args)
+    stage, policy, trainer, engine, pools, context = _cascade_setup(args)
     counter = None
     loaded_seconds = None
     if args.child == "mopd":
@@ -244,7 +136,7 @@ def child_side(args) -> dict:
         print(f"[{args.child}] step {step}: {seconds:.2f}s (cpu {cpu:.2f}s), {row['tokens']} tokens, "
               f"rollout {row['rollout_seconds']:.2f}s{extra}", file=sys.stderr, flush=True)
     trainer.close()
-    return {"steps": steps, "prompt_ids_per_step": stage.seen, "peak_rss_mb": _peak_rss_mb(),
+    return {"steps": steps, "prompt_ids_per_step": stage.seen, "peak_rss_mb": _peak_rss_mb()["peak_rss_mb"],
             "teacher_load_seconds": loaded_seconds}
 
 
@@ -254,26 +146,11 @@ CHILDREN = {"prepare": child_prepare, "grpo": child_side, "mopd": child_side}
 
 
 def run_child(kind: str, args) -> dict:
-    out = Path(args.workdir) / f"{kind}.json"
-    out.unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore",
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    cmd = [sys.executable, "-P", str(Path(__file__).resolve()), "--child", kind, "--child-out", str(out),
-           "--workdir", args.workdir, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--group-size", str(args.group_size), "--prompts", str(args.prompts),
-           "--max-new-tokens", str(args.max_new_tokens), "--micro-batch", str(args.micro_batch)]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"the {kind} child failed (exit {proc.returncode})")
-    result = json.loads(out.read_text())
-    result["process_seconds"] = time.perf_counter() - started
-    return result
+    return workload.run_child(kind, args, __file__, extra_env={"HF_HUB_DISABLE_PROGRESS_BARS": "1"})
 
 
 def summarise(runs: list[dict], warmup: int) -> dict:
-    timed = [s for run in runs for s in run["steps"] if s["step"] > warmup]
+    timed = timed_steps(runs, warmup)
     n = len(timed)
 
     def mean(key):
@@ -288,7 +165,7 @@ def summarise(runs: list[dict], warmup: int) -> dict:
            "median_seconds_per_step": median("seconds"), "median_cpu_seconds_per_step": median("cpu_seconds"),
            "rollout_seconds_per_step": mean("rollout_seconds"), "update_seconds_per_step": seconds - mean("rollout_seconds"),
            "tokens_per_step": mean("tokens"), "cpu_seconds_per_1k_tokens": 1000 * cpu / mean("tokens"),
-           "step_seconds_min": min(s["seconds"] for s in timed), "step_seconds_max": max(s["seconds"] for s in timed),
+           **step_spread(timed),
            "skipped_updates": sum(s["skipped_update"] for s in timed), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
     if "teacher_seconds" in timed[0]:
         every = [s for run in runs for s in run["steps"]]  # warm-up steps count too for the forward-pass check
@@ -308,12 +185,7 @@ def summarise(runs: list[dict], warmup: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per side and repeat (after the warm-up)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--micro-batch", type=int, default=32)
+    add_workload_args(parser)
     parser.add_argument("--repeats", type=int, default=2,
                         help="run the sides alternately this many times each (grpo, mopd, mopd, grpo, ...) and pool the steps")
     parser.add_argument("--workdir", default="/tmp/mopd_overhead", help="checkpoints, prompts, child outputs")
