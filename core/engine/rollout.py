@@ -7,6 +7,7 @@ is 1 up to numerics), and for MoE models the experts chosen per token and layer 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -70,7 +71,7 @@ class HFRolloutEngine(RolloutEngine):
         model.eval()
         recorder = RoutingRecorder(model) if self.record_routing else None
         try:
-            with recorder or _nullcontext():
+            with recorder or nullcontext():
                 new_tokens, logprobs = _sample(model, input_ids, attention_mask, expand, params, eos, pad, generator, recorder)
         finally:
             model.train(was_training)
@@ -168,14 +169,6 @@ def _pad_routing(experts: torch.Tensor, length: int) -> torch.Tensor:
         filler = torch.full((length - experts.shape[0], *experts.shape[1:]), -1, dtype=experts.dtype)
         experts = torch.cat([experts, filler])
     return experts
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---- samples -> episodes ------------------------------------------------------------------------------
