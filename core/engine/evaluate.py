@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from cascade.engine.grpo import score_group
@@ -27,16 +28,15 @@ def evaluate(checkpoint: Checkpoint, environment: Environment, reward: Reward, o
     samples = environment.samples("test", options.n, seed)
     params = SamplingParams(options.max_new_tokens, options.temperature, 1.0, 1, seed)
     episodes = collect_episodes(HFRolloutEngine(policy, options.batch_size), policy, environment, samples, params, options.thinking)
-    values, statuses = [], {}
+    values, statuses = [], Counter()
     for episode in episodes:
         scores, counts = score_group(reward, [episode])
         values += scores
-        for key, n in counts.items():
-            statuses[key] = statuses.get(key, 0) + n
+        statuses.update(counts)
     return {
         "score": sum(values) / len(values),
         "n": float(len(values)),
         "truncated": sum(e.truncated for e in episodes) / len(episodes),
         "response_tokens": sum(e.num_generated for e in episodes) / len(episodes),
-        "reward_errors": float(statuses.get("error", 0) + statuses.get("timeout", 0)),
+        "reward_errors": float(statuses["error"] + statuses["timeout"]),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -19,7 +20,9 @@ from cascade.engine.moe import freeze_routers, replay_routing
 from cascade.engine.policy import Policy, load_policy
 from cascade.engine.prefix_sharing import shared_prompt_logprobs
 from cascade.engine.rollout import collect_episodes
-from cascade.engine.trainer import OptimConfig, Trainer, check_finite, token_logprobs, train_steps
+from cascade.engine.trainer import (
+    OptimConfig, Trainer, attention_mask, check_finite, right_pad, token_logprobs, train_steps,
+)
 from cascade.types import Checkpoint, Episode, Reward, SamplingParams, Stage
 
 
@@ -46,10 +49,10 @@ class Batch:
     @classmethod
     def of(cls, episodes: Sequence[Episode], advantages: torch.Tensor, pad_id: int) -> "Batch":
         width = max(len(e.token_ids) for e in episodes)
-        ids = torch.tensor([e.token_ids + [pad_id] * (width - len(e.token_ids)) for e in episodes])
-        attention = torch.tensor([[1] * len(e.token_ids) + [0] * (width - len(e.token_ids)) for e in episodes])
-        mask = torch.tensor([e.loss_mask[1:] + [0] * (width - len(e.loss_mask)) for e in episodes], dtype=torch.float32)
-        logprobs = torch.tensor([e.logprobs[1:] + [0.0] * (width - len(e.logprobs)) for e in episodes])
+        ids = right_pad([e.token_ids for e in episodes], pad_id, width)
+        attention = attention_mask([e.token_ids for e in episodes], width)
+        mask = right_pad([e.loss_mask[1:] for e in episodes], 0, width - 1, dtype=torch.float32)
+        logprobs = right_pad([e.logprobs[1:] for e in episodes], 0.0, width - 1, dtype=torch.float32)
         return cls(ids, attention, mask, advantages, logprobs, [e.sample.domain for e in episodes],
                    routed_experts=cls._routing(episodes, width))
 
@@ -102,7 +105,7 @@ class PolicyGradient:
         return {"clip_fraction": sums.get("clipped_tokens", 0.0) / (batch.mask.sum().item() * updates)}
 
 
-def score_group(reward: Reward, group: Sequence[Episode]) -> tuple[list[float], dict[str, int]]:
+def score_group(reward: Reward, group: Sequence[Episode]) -> tuple[list[float], Counter]:
     """Score one group; a reward that raises scores 0 (counted), never stops training."""
     try:
         results = reward.score(group)
@@ -112,10 +115,7 @@ def score_group(reward: Reward, group: Sequence[Episode]) -> tuple[list[float], 
         statuses = [str(r.info.get("status", "ok")) for r in results]
     except Exception:  # noqa: BLE001 - any reward failure is scored, not raised
         values, statuses = [0.0] * len(group), ["error"] * len(group)
-    counts: dict[str, int] = {}
-    for status in statuses:
-        counts[status] = counts.get(status, 0) + 1
-    return values, counts
+    return values, Counter(statuses)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -179,8 +179,8 @@ class GRPOStage(Stage):
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.group_size)
 
         # 1. rollouts and rewards, drawing fresh prompts while dynamic filtering leaves the batch short
-        kept, kept_rewards, stats = [], [], {"groups": 0, "filtered": 0, "episodes": 0, "truncated": 0, "reward_sum": 0.0, "correct": 0, "generated": 0}
-        statuses: dict[str, int] = {}
+        kept, stats = [], {"groups": 0, "filtered": 0, "episodes": 0, "truncated": 0, "reward_sum": 0.0, "correct": 0, "generated": 0}
+        statuses: Counter = Counter()
         for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_filter else 1):
             need = cfg.prompts_per_step - len(kept)
             if need <= 0:
@@ -192,8 +192,7 @@ class GRPOStage(Stage):
                     group = episodes[g * cfg.group_size:(g + 1) * cfg.group_size]
                     values, counts = score_group(reward, group)
                     values = [cfg.overlong_reward if e.truncated else v for e, v in zip(group, values)]
-                    for key, n in counts.items():
-                        statuses[key] = statuses.get(key, 0) + n
+                    statuses.update(counts)
                     stats["groups"] += 1
                     stats["episodes"] += len(group)
                     stats["truncated"] += sum(e.truncated for e in group)
@@ -207,7 +206,6 @@ class GRPOStage(Stage):
                         continue
                     if len(kept) < cfg.prompts_per_step:
                         kept.append(group)
-                        kept_rewards.append(values)
         rollout_seconds = time.perf_counter() - started
 
         metrics = {
@@ -215,8 +213,8 @@ class GRPOStage(Stage):
             "accuracy": stats["correct"] / stats["episodes"],
             "filtered_fraction": stats["filtered"] / stats["groups"],
             "truncated_fraction": stats["truncated"] / stats["episodes"],
-            "reward_errors": float(statuses.get("error", 0)),
-            "reward_timeouts": float(statuses.get("timeout", 0)),
+            "reward_errors": float(statuses["error"]),
+            "reward_timeouts": float(statuses["timeout"]),
             "rollout_seconds": rollout_seconds,
         }
         if not kept:  # every group was uniform: nothing to learn from this step, and nothing to update
@@ -225,7 +223,7 @@ class GRPOStage(Stage):
 
         # 2. advantages, then one (or a few, PPO-clip) optimizer steps on the kept groups
         episodes = [e for group in kept for e in group]
-        advantages = group_advantages(torch.tensor(kept_rewards)).reshape(-1)
+        advantages = group_advantages(torch.tensor([[e.reward for e in group] for group in kept])).reshape(-1)
         batch = Batch.of(episodes, advantages, policy.pad_id)
         metrics.update(self.objective.prepare(batch, context))
         metrics.update(self.update(batch, trainer, step))

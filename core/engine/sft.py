@@ -15,7 +15,7 @@ import torch
 
 from cascade.config import ConfigError
 from cascade.engine.policy import load_policy
-from cascade.engine.trainer import OptimConfig, Trainer, check_finite, train_steps
+from cascade.engine.trainer import OptimConfig, Trainer, attention_mask, check_finite, right_pad, train_steps
 from cascade.models.packing import enable_packed_sequences, packed_inputs
 from cascade.types import Checkpoint, Stage
 
@@ -110,11 +110,11 @@ class SFTStage(Stage):
     def loss(model, rows: list[Packed], trainer: Trainer, total_tokens: int) -> torch.Tensor:
         width = max(len(r.token_ids) for r in rows)
         pad = trainer.policy.pad_id
-        input_ids = torch.tensor([r.token_ids + [pad] * (width - len(r.token_ids)) for r in rows])
-        mask = torch.tensor([r.loss_mask + [0] * (width - len(r.loss_mask)) for r in rows])
+        input_ids = right_pad([r.token_ids for r in rows], pad, width)
+        mask = right_pad([r.loss_mask for r in rows], 0, width)
         enable_packed_sequences()  # idempotent: the Mamba layers must honour seq_idx on CPU too
         position_ids, seq_idx = packed_inputs([r.lengths for r in rows], width)
-        trainer.balancer.token_mask = torch.tensor([[1] * len(r.token_ids) + [0] * (width - len(r.token_ids)) for r in rows])
+        trainer.balancer.token_mask = attention_mask([r.token_ids for r in rows], width)
         logits = model(input_ids=input_ids, position_ids=position_ids, seq_idx=seq_idx, use_cache=False).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none")
         target_mask = mask[:, 1:].reshape(-1).float()

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from cascade.engine.policy import load_policy
-from cascade.engine.trainer import token_logprobs
+from cascade.engine.trainer import attention_mask, right_pad, token_logprobs
 from cascade.types import Checkpoint, Teacher
 
 
@@ -26,9 +26,6 @@ class HFTeacher(Teacher):
         pad = self.policy.pad_id
         for start in range(0, len(token_ids_B), self.batch_size):
             chunk = [list(ids) for ids in token_ids_B[start:start + self.batch_size]]
-            width = max(len(ids) for ids in chunk)
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in chunk])
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
-            logprobs, _ = token_logprobs(self.policy.model, ids, mask)
+            logprobs, _ = token_logprobs(self.policy.model, right_pad(chunk, pad), attention_mask(chunk))
             out += [[0.0] + logprobs[i, : len(s) - 1].tolist() for i, s in enumerate(chunk)]
         return out

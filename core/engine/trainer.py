@@ -118,6 +118,17 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
         raise NonFiniteLossError(f"loss is {loss.item()} at step {step}")
 
 
+def right_pad(rows: list[list], value, width: int | None = None, dtype=None) -> torch.Tensor:
+    """Rows of different lengths as one [B, width] tensor, ``value`` after each row's end."""
+    width = max(len(r) for r in rows) if width is None else width
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=dtype)
+
+
+def attention_mask(rows: list[list], width: int | None = None) -> torch.Tensor:
+    """1 on each row's tokens, 0 on the right padding :func:`right_pad` adds."""
+    return right_pad([[1] * len(r) for r in rows], 0, width)
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, with_entropy: bool = False,
                    temperature: float = 1.0, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log p(x_t | x_<t)`` for t >= 1, shape [B, T-1] (and the policy's entropy at those positions)."""
