@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cascade import Environment, Episode, Reward, RewardResult, Sample
-from cascade_multidomain.common import NO_THINKING, generate_items, item_id, spread, strip_think
+from cascade.environments.generated import NO_THINKING, generate_items, item_id, spread, strip_think
 
 KINDS = ("arithmetic", "units", "science")
 LETTERS = "ABCDE"

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import jsonschema
 
 from cascade import Environment, Episode, Reward, RewardResult, Sample
-from cascade_multidomain.common import NO_THINKING, generate_items, item_id, spread, strip_think
+from cascade.environments.generated import NO_THINKING, generate_items, item_id, spread, strip_think
 
 KINDS = ("person", "product", "meeting")
 INSTRUCTION = "Reply with JSON only."

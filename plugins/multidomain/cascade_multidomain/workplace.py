@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from cascade import Environment, Episode, Message, Reward, RewardResult, Sample, StepResult
-from cascade_multidomain.common import NO_THINKING, generate_items, item_id, spread, strip_think
+from cascade.environments.generated import NO_THINKING, generate_items, item_id, spread, strip_think
 from cascade_multidomain.structured import same_json
 
 DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri"]

@@ -1,4 +1,8 @@
-"""Helpers shared by the three domains: split assignment, thinking sections, seeded generation."""
+"""Helpers for domains whose data is generated: hash-fixed splits, seeded sampling, thinking sections.
+
+An item's split is decided by a hash of its text alone, so train and test never share an item however
+many are drawn; :func:`generate_items` draws distinct items of one split, the same for the same seed.
+"""
 
 from __future__ import annotations
 

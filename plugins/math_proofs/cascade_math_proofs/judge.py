@@ -1,0 +1,86 @@
+"""A reward that asks a judge model, for proofs outside the checkable format (the paper judges
+natural-language proofs with a model).
+
+The judge is any callable ``prompt -> reply text``: a local model's generate function, an API client, a
+fake in tests. Config names it by import path (``judge: my_package.judges:grade``); with
+``judge_options`` the path names a factory that builds it (``judge: my_package.judges:Judge``,
+``judge_options: {model: ...}``). Nothing is downloaded here.
+
+The judge sees :data:`PROOF_RUBRIC` filled with the problem (the sample's last user message) and the
+final answer (``<think>`` sections removed), and must end its reply with ``Score: N``; the reward is
+``N / max_score``. A reply without a score, or with one above ``max_score``, scores 0 (``no_score``); a
+judge that raises scores 0 (``error``). Judges that compare the rollouts of a group (pairwise) override
+:meth:`JudgeReward.score`, which sees the whole group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Callable, Sequence
+
+from cascade import Episode, Reward, RewardResult
+from cascade.environments.generated import strip_think
+
+Judge = Callable[[str], str]
+
+PROOF_RUBRIC = """Grade the proof below.
+Problem:
+{problem}
+Proof:
+{response}
+Give {max_score} for a complete and rigorous proof of exactly the claim, partial credit for a proof
+with gaps, 0 for a wrong proof, a proof of something else, or no proof. End with "Score: N"."""
+
+_SCORE = re.compile(r"score\s*:\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def parse_score(reply: str, max_score: float) -> float | None:
+    """The last ``Score: N`` of ``reply`` over ``max_score``, or None if there is none or it is too high."""
+    matches = _SCORE.findall(reply)
+    if not matches or float(matches[-1]) > max_score:
+        return None
+    return float(matches[-1]) / max_score
+
+
+def load_judge(judge: Judge | str, judge_options: dict | None = None) -> Judge:
+    """The judge callable: ``judge`` itself, or what its import path ``module:name`` names (called with
+    ``judge_options`` to build it, when given)."""
+    if isinstance(judge, str):
+        module, _, name = judge.partition(":")
+        if not module or not name:
+            raise ValueError(f"judge must be a callable or an import path 'module:name', got {judge!r}")
+        judge = getattr(importlib.import_module(module), name)
+    if judge_options is not None:
+        judge = judge(**judge_options)
+    if not callable(judge):
+        raise TypeError(f"the judge must be callable (prompt -> reply text), got {type(judge).__name__}")
+    return judge
+
+
+class JudgeReward(Reward):
+    """Each rollout graded by a judge model against a rubric; see the module docstring."""
+
+    def __init__(self, judge: Judge | str, judge_options: dict | None = None, rubric: str = PROOF_RUBRIC,
+                 max_score: float = 10):
+        self.judge = load_judge(judge, judge_options)
+        self.rubric = rubric
+        self.max_score = max_score
+
+    def prompt(self, episode: Episode) -> str:
+        problem = next((m["content"] for m in reversed(episode.sample.messages) if m["role"] == "user"), "")
+        response = strip_think(episode.messages[-1]["content"]).strip()
+        return self.rubric.format(problem=problem, response=response, max_score=self.max_score)
+
+    def score(self, episodes_G: Sequence[Episode]) -> list[RewardResult]:
+        results = []
+        for episode in episodes_G:
+            try:
+                reply = self.judge(self.prompt(episode))
+            except Exception as exc:  # noqa: BLE001 - a failing judge scores 0, never stops training
+                results.append(RewardResult(0.0, info={"status": "error", "detail": f"{type(exc).__name__}: {exc}"}))
+                continue
+            value = parse_score(reply, self.max_score)
+            status = "no_score" if value is None else "ok"
+            results.append(RewardResult(value or 0.0, info={"status": status}))
+        return results
