@@ -11,8 +11,10 @@ The algorithm (Nemotron-H / DeepSeek-V3 router, with Qwen3/Mixtral softmax route
 5. weights = the UNBIASED scores at those ids, optionally normalised to sum 1, times `scaling`.
 
 Determinism: `torch.topk` does not specify which index wins a tie (and differs between CPU and CUDA), so the
-selection here is k rounds of `argmax`, which is documented to return the first (lowest-index) maximum. The
-CuPy kernel uses the same (value desc, index asc) order, so both backends return identical ids.
+selection is defined as k rounds of `argmax`, which is documented to return the first (lowest-index) maximum
+(`topk_lowest_index_argmax`). `topk_lowest_index` gets the same ids faster: one topk of k+1 values, trusted
+only on rows whose k+1 top values are strictly decreasing (then the answer is unique), argmax rounds on the
+rest. The CuPy kernel uses the same (value desc, index asc) order, so both backends return identical ids.
 
 Softmax without a bias selects on the fp32 logits instead of the probabilities: softmax is monotone, so the
 order is the same, but it is free of the rounding of exp/sum (which differs between backends and could turn two
@@ -43,9 +45,29 @@ def router_scores(logits: torch.Tensor, score: str = "sigmoid") -> torch.Tensor:
 def topk_lowest_index(values: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [T, k] of the k largest values per row, descending, ties -> lower index (deterministic).
 
-    k rounds of argmax over a working copy; each round masks the winner with -inf. Rows need at least k values
-    above -inf for the answer to be unique.
+    Fast path: one `torch.topk` of k+1 values. Where those k+1 values are strictly decreasing, no value among
+    the top k occurs twice in the row and the k-th beats the rest, so the top-k ids and their order are unique
+    and topk's (unspecified) tie rule never matters. Rows with any equality among them (a tie, +-0, NaN) are
+    redone by `topk_lowest_index_argmax`. Bit-identical to the argmax rounds on every input. CPU only (the
+    fallback needs a host sync, which other devices should not pay); elsewhere the argmax rounds run.
     """
+    t, e = values.shape
+    if k >= e or t == 0 or values.device.type != "cpu":
+        return topk_lowest_index_argmax(values, k)
+    top = values.detach().topk(k + 1, dim=-1)
+    ids = top.indices[:, :k].contiguous()
+    v = top.values
+    ambiguous = ~(v[:, :-1] > v[:, 1:]).all(dim=-1)
+    rows = ambiguous.nonzero().squeeze(1)
+    if rows.numel():
+        ids[rows] = topk_lowest_index_argmax(values.detach()[rows], k)
+    return ids
+
+
+def topk_lowest_index_argmax(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Reference for `topk_lowest_index`: k rounds of argmax (documented to return the first maximum) over a
+    working copy; each round masks the winner with -inf. Rows need at least k values above -inf for the
+    answer to be unique."""
     work = values.detach().clone()
     ids = torch.empty(values.shape[0], k, dtype=torch.long, device=values.device)
     for j in range(k):
@@ -164,5 +186,5 @@ def replay(
     return weights_from_scores(router_scores(logits, score), ids, normalize, scaling), ids
 
 
-__all__ = ["SCORES", "router_scores", "topk_lowest_index", "topk_gating", "topk_gating_torch", "replay",
-           "weights_from_scores"]
+__all__ = ["SCORES", "router_scores", "topk_lowest_index", "topk_lowest_index_argmax", "topk_gating",
+           "topk_gating_torch", "replay", "weights_from_scores"]

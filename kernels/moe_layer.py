@@ -7,12 +7,23 @@ signature `(self, hidden_states, top_k_index, top_k_weights)`, so it can replace
 as `Qwen3MoeExperts` (`gate_up_proj` [E, 2I, H]); `register_experts_implementation()` adds it to
 transformers' `ExpertsInterface` under the name "cascade".
 
+Numerics (every path): expert GEMMs and the activation run in the weights' dtype (bf16 for Nemotron 3 Nano);
+the fp32 gate weights multiply the expert outputs after the down projection, in fp32, and the per-token sum
+accumulates in fp32 (the no-grad CPU path: fp64 for fp64 inputs), rounded to the hidden dtype once at the end --
+what transformers' eager loop does too.
+
 Why it is faster than the eager loop on CPU: one stable sort replaces a [T, k, E+1] one-hot and E scans of it;
-each expert then reads one contiguous segment of the sort and does two matmuls; the gate weight is folded into
-the [n, I] activation (I <= H, cheaper than scaling the [n, H] output); the activation is applied in place.
-Without autograd the per-expert outputs are index_add_-ed straight into an fp32 [T, H] buffer (sequential on
-CPU, so the accumulation order -- experts ascending, pairs ascending -- is fixed); with autograd, or on CUDA
-(where index_add_ uses atomics), outputs are concatenated and `dispatch.combine` sums the k slots in order.
+each expert then reads one contiguous segment of the sort. The no-grad CPU path runs a fixed, short op
+sequence per non-empty expert into small reused buffers (gather, GEMM, in-place activation, GEMM, weight
+multiply, index_add_) -- no per-expert allocations, no host syncs besides one `counts.tolist()`. For bf16/fp16
+(oneDNN AMX GEMMs) experts with fewer than 128 rows run transposed, `W @ x.T`: oneDNN packs ("reorders") the
+right operand on every call, and that is then the n tokens instead of the [I, H] weight (GEMM pair ~1.4x
+faster at <= 100 rows); the price is a strided transpose of the [H, n] output in the weight multiply, which
+wins back the difference from ~100-200 rows (measured). fp32 (MKL) always uses `x @ W.T`. index_add_ on CPU
+is sequential over rows, so every token's sum runs over its experts in ascending order, as in transformers'
+eager loop (fp32: identical GEMM rows, so bit-identical for identical gate weights). With autograd, or on
+CUDA (where index_add_ uses atomics), outputs are concatenated and `dispatch.combine` sums the k slots in
+order.
 """
 
 from __future__ import annotations
@@ -26,7 +37,25 @@ from .dispatch import Dispatch, combine, dispatch
 from .gating import replay, topk_gating
 
 
+# bf16/fp16 experts with fewer rows than this run their GEMMs transposed (module docstring). Measured break-even
+# on the benchmark's CPU (AMX): ~96 rows at H=512/I=352, 96-192 rows at Nemotron 3 Nano's H=2688/I=1856.
+_TRANSPOSED_BELOW = 128
+
+
+def _act_name(act):
+    """'relu2' / 'silu' for transformers' or torch's modules of those activations (in-place fast path)."""
+    if isinstance(act, str):
+        return act
+    name = type(act).__name__
+    if name == "ReLUSquaredActivation":
+        return "relu2"
+    if name in ("SiLU", "SiLUActivation") and not getattr(act, "inplace", False):
+        return "silu"
+    return act
+
+
 def _act(x: torch.Tensor, act, inplace: bool) -> torch.Tensor:
+    act = _act_name(act)
     if act == "relu2":  # squared ReLU (Nemotron-H experts)
         return x.relu_().square_() if inplace else F.relu(x).square()
     if act == "silu":
@@ -47,49 +76,111 @@ def experts_forward(
     """Routed experts: hidden [T, H], ids/weights [T, k] -> [T, H] in hidden's dtype.
 
     up_proj [E, I, H] (or [E, 2I, H] gate-then-up halves when gated: act(gate) * up), down_proj [E, H, I].
-    Accumulates in fp32. Pass `d` to reuse a dispatch of the same ids.
+    Expert GEMMs run in the weights' dtype (e.g. bf16); the gate weights (fp32) multiply the expert outputs
+    after the down projection, in fp32, and the sum over experts accumulates in fp32 (module docstring).
+    Pass `d` to reuse a dispatch of the same ids.
     """
-    t, h = hidden.shape
     e = up_proj.shape[0]
     if d is None:
         d = dispatch(ids, e)
     grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weights.requires_grad or up_proj.requires_grad or down_proj.requires_grad
     )
-    w_sorted = weights.reshape(-1).float().index_select(0, d.order)
-    counts = d.counts.tolist()  # the only host sync: segment boundaries drive the loop
-    fused = not grad and hidden.device.type == "cpu"
-    out = torch.zeros(t, h, dtype=torch.float32, device=hidden.device) if fused else None
-    pieces = []
-    start = 0
-    for ex, n in enumerate(counts):
+    if not grad and hidden.device.type == "cpu":
+        return _experts_forward_cpu(hidden, weights, up_proj, down_proj, act, gated, d)
+    return _experts_forward_combine(hidden, weights, up_proj, down_proj, act, gated, d, grad)
+
+
+def _experts_forward_cpu(hidden, weights, up_proj, down_proj, act, gated, d: Dispatch) -> torch.Tensor:
+    """No-grad CPU path (module docstring): per non-empty expert, gather its rows, GEMM, activation in place,
+    GEMM, times the fp32 gate weights, index_add_ into the fp32 [T, H] output -- all in preallocated buffers
+    sized for the largest expert."""
+    t, h = hidden.shape
+    acc = torch.promote_types(hidden.dtype, torch.float32)
+    out = torch.zeros(t, h, dtype=acc, device=hidden.device)
+    counts = d.counts.tolist()  # the only host sync: segment sizes drive the loop
+    nv = sum(counts)  # real pairs; padding slots sort after them
+    if nv == 0:
+        return out.to(hidden.dtype)
+    i2 = up_proj.shape[1]  # I, or 2I when gated
+    inter = i2 // 2 if gated else i2
+    name = _act_name(act)
+    # oneDNN (bf16/fp16) packs the GEMM's right operand on every call: for experts with few rows let that be the
+    # tokens, W @ x.T (module docstring)
+    trans_below = _TRANSPOSED_BELOW if up_proj.dtype in (torch.bfloat16, torch.float16) else 0
+    tok = d.token_ids[:nv]
+    w_sorted = weights.reshape(-1).to(acc).index_select(0, d.order[:nv]).unsqueeze(1)  # [nv, 1]
+    m = max(counts)
+    xbuf = hidden.new_empty(m * h)
+    abuf = hidden.new_empty(m * i2)
+    ybuf = hidden.new_empty(m * h)
+    convert = acc != hidden.dtype
+    fbuf = torch.empty(m * h, dtype=acc, device=hidden.device) if convert else ybuf
+    relu2 = name == "relu2" and not gated
+    views: dict = {}  # rows -> (orientation, buffer views): per-expert Python work is visible at ~50 rows
+    for n, tk, ws, w_up, w_down in zip(counts, tok.split(counts), w_sorted.split(counts), up_proj.unbind(0),
+                                       down_proj.unbind(0)):
         if n == 0:
             continue
-        seg = slice(start, start + n)
-        tok = d.token_ids[seg]
-        x = hidden.index_select(0, tok)
-        a = torch.mm(x, up_proj[ex].t())
+        v = views.get(n)
+        if v is None:
+            x = xbuf[: n * h].view(n, h)
+            if n < trans_below:  # aT [I, n] = W_up @ x.T, yT [H, n] = W_down @ aT
+                yout = ybuf[: n * h].view(h, n)
+                v = (True, x, x.t(), abuf[: n * i2].view(i2, n), yout, yout.t(), fbuf[: n * h].view(n, h))
+            else:  # a [n, I] = x @ W_up.T, y [n, H] = a @ W_down.T
+                yout = ybuf[: n * h].view(n, h)
+                v = (False, x, x, abuf[: n * i2].view(n, i2), yout, yout, fbuf[: n * h].view(n, h))
+            views[n] = v
+        trans, x, xin, aout, yout, y, fout = v
+        torch.index_select(hidden, 0, tk, out=x)
+        a = torch.mm(w_up, xin, out=aout) if trans else torch.mm(xin, w_up.t(), out=aout)
+        if relu2:
+            a.relu_().square_()
+        else:
+            if gated:  # gate and up halves: row blocks (transposed) or column blocks
+                gate, upv = (a[:inter], a[inter:]) if trans else (a[:, :inter], a[:, inter:])
+            else:
+                gate, upv = a, None
+            if isinstance(name, str):
+                a = _act(gate, name, inplace=True)
+                if gated:
+                    a = a.mul_(upv)
+            else:
+                a = name(gate) * upv if gated else name(gate)
+        if trans:
+            torch.mm(w_down, a, out=yout)  # y = yout.t()
+        else:
+            torch.mm(a, w_down.t(), out=yout)  # y = yout
+        # fp32 gate weights times the output (converted to fp32 first: a mixed-dtype mul would allocate a
+        # temporary for that), fp32 sum
+        out.index_add_(0, tk, (fout.copy_(y) if convert else y).mul_(ws))
+    return out.to(hidden.dtype)
+
+
+def _experts_forward_combine(hidden, weights, up_proj, down_proj, act, gated, d: Dispatch, grad: bool):
+    """Autograd / non-CPU path: per-expert GEMMs on the sorted rows, outputs concatenated in sorted order, then
+    `dispatch.combine` (fixed slot order, fp32, no atomics)."""
+    h = hidden.shape[1]
+    counts = d.counts.tolist()
+    nv = sum(counts)
+    x = hidden.index_select(0, d.token_ids[:nv])
+    pieces = []
+    for ex, (xe, n) in enumerate(zip(x.split(counts), counts)):
+        if n == 0:
+            continue
+        a = torch.mm(xe, up_proj[ex].t())
         if gated:
             gate, up = a.chunk(2, dim=-1)
             a = _act(gate, act, inplace=not grad) * up
         else:
             a = _act(a, act, inplace=not grad)
-        ws = w_sorted[seg, None].to(a.dtype)
-        a = a.mul_(ws) if not grad else a * ws  # gate weight folded into the activation (linear in a)
-        y = torch.mm(a, down_proj[ex].t())
-        if fused:
-            out.index_add_(0, tok, y.float())
-        else:
-            pieces.append(y)
-        start += n
-    if fused:
-        return out.to(hidden.dtype)
-    nvalid = start
+        pieces.append(torch.mm(a, down_proj[ex].t()))
     ys = torch.cat(pieces) if pieces else hidden.new_zeros(0, h)
-    if nvalid < d.order.numel():  # padding slots: rows that combine ignores
-        ys = torch.cat([ys, ys.new_zeros(d.order.numel() - nvalid, h)])
-    # weights already applied: combine with unit weights keeps the fixed slot order and fp32 sum
-    return combine(ys, torch.ones_like(weights, dtype=torch.float32), d, out_dtype=hidden.dtype)
+    if nv < d.order.numel():  # padding slots: rows that combine ignores
+        ys = torch.cat([ys, ys.new_zeros(d.order.numel() - nv, h)])
+    # combine multiplies by the fp32 gate weights and sums the k slots in order, in fp32
+    return combine(ys, weights, d, out_dtype=hidden.dtype)
 
 
 class MoEOutput(NamedTuple):

@@ -191,6 +191,47 @@ def test_qwen3_moe_router_and_experts_match_transformers():
     torch.testing.assert_close(ours.view_as(ref), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_topk_lowest_index_fast_path_is_bit_exact_vs_argmax_rounds():
+    from cascade.kernels.gating import topk_lowest_index, topk_lowest_index_argmax
+
+    g = torch.Generator().manual_seed(11)
+    for trial in range(60):
+        t, e = int(torch.randint(1, 80, (1,), generator=g)), int(torch.randint(1, 140, (1,), generator=g))
+        k = int(torch.randint(1, e + 1, (1,), generator=g))
+        v = torch.randn(t, e, generator=g)
+        kind = trial % 5
+        if kind == 1:  # many exact ties
+            v = (v * 2).round() / 2
+        elif kind == 2:  # +0.0 and -0.0 only: equal values with different bits
+            v = torch.where(torch.rand(t, e, generator=g) < 0.5, 0.0, -0.0)
+        elif kind == 3:  # group-masked style -inf, fewer finite values than k in some rows
+            v = (v * 3).round()
+            v[torch.rand(t, e, generator=g) < 0.4] = float("-inf")
+        elif kind == 4:  # NaN / inf / saturated sigmoid (exactly 1.0)
+            v = torch.sigmoid(v * 20)
+            v[torch.rand(t, e, generator=g) < 0.05] = float("nan")
+            v[torch.rand(t, e, generator=g) < 0.05] = float("inf")
+        for vv in (v, v.double(), v.bfloat16()):
+            assert torch.equal(topk_lowest_index(vv, k), topk_lowest_index_argmax(vv, k)), (trial, t, e, k)
+
+
+@pytest.mark.parametrize("transposed_below", [0, 10**9])  # bf16 GEMMs as x @ W.T / as W @ x.T for every expert
+def test_qwen3_experts_bf16_match_transformers_eager(monkeypatch, transposed_below):
+    from cascade.kernels import cascade_experts_forward, moe_layer
+
+    monkeypatch.setattr(moe_layer, "_TRANSPOSED_BELOW", transposed_below)
+    block, g = _qwen3_block(i=32)
+    block.to(torch.bfloat16)
+    for tokens in (20, 200):  # ~5 and ~50 rows per expert
+        x = torch.randn(tokens, 48, generator=g).bfloat16()
+        with torch.no_grad():
+            _, w, ids = block.gate(x)
+            ref = block.experts(x, ids, w)
+            ours = cascade_experts_forward(block.experts, x, ids, w)
+        assert ours.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.float().abs().max().item())
+
+
 # ---------------------------------------------------------------- dispatch / permute / combine
 DISPATCH_CASES = [  # t, e, k, pad_frac, block_size
     (50, 16, 4, 0.0, None),
@@ -344,6 +385,30 @@ def test_experts_forward_matches_nemotron_eager_and_reference():
         ours = experts_forward(x, ids, w, ex.up_proj, ex.down_proj)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.double(), ref_moe(x, ids, w, ex.up_proj, ex.down_proj), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [12, 200])  # ~3 and ~50 rows per expert
+@pytest.mark.parametrize("transposed_below", [0, 10**9])  # bf16 GEMMs as x @ W.T / as W @ x.T for every expert
+def test_experts_forward_bf16_matches_eager_with_fp32_weights_and_sum(monkeypatch, tokens, transposed_below):
+    from cascade.kernels import moe_layer
+
+    monkeypatch.setattr(moe_layer, "_TRANSPOSED_BELOW", transposed_below)
+    ex, g = _nemotron_experts(i=24)
+    ex.to(torch.bfloat16)
+    x = torch.randn(tokens, 32, generator=g).bfloat16()
+    ids = random_ids(tokens, 16, 4, g)
+    w = torch.rand(tokens, 4, generator=g)  # fp32 gate weights, as the router returns them
+    with torch.no_grad():
+        ref = ex(x, ids, w)  # transformers eager: bf16 GEMMs, fp32 weights and index_add_
+        ours = experts_forward(x, ids, w, ex.up_proj, ex.down_proj)
+        exact = ref_moe(x, ids, w, ex.up_proj, ex.down_proj)  # fp64 on the bf16 values
+    assert ours.dtype == torch.bfloat16
+    scale = exact.abs().max().item()
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2 * scale)
+    # no worse than eager against the exact result (fp32 weights/accumulation, one final rounding)
+    err_ours = (ours.double() - exact).abs().max().item()
+    err_ref = (ref.double() - exact).abs().max().item()
+    assert err_ours <= 1.5 * err_ref + 1e-3 * scale
 
 
 def test_registered_experts_implementation_and_gradients():
