@@ -7,12 +7,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 import transformers.models.nemotron_h.modeling_nemotron_h as nemotron_h
+from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cascade.engine.moe import RoutingRecorder, find_routers
 from cascade.engine.policy import Policy
 from cascade.models import fallbacks
-from cascade.engine.rollout import HFRolloutEngine, _next_token, _top_p
+from cascade.engine.rollout import HFRolloutEngine, _DecodeKVLayer, _next_token, _top_p, grouped_decode_attention
 from cascade.models import fast_decode
 from cascade.models.tiny_nemotron_h import build_model, tiny_nemotron_h_config
 from cascade.types import SamplingParams
@@ -231,3 +233,35 @@ def test_top_p_is_transformers_top_p():
     scores[0, :] = 0.0  # ties
     for top_p in (0.1, 0.5, 0.9, 0.999):
         assert torch.equal(_top_p(scores, top_p), TopPLogitsWarper(top_p)(None, scores.clone()))
+
+
+def test_grouped_decode_attention_is_sdpa_with_repeated_kv_heads():
+    g = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, length, dim = 5, 4, 2, 11, 8
+    query = torch.randn(batch, heads, 1, dim, generator=g)
+    key, value = (torch.randn(batch, kv_heads, length, dim, generator=g) for _ in range(2))
+    attend = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    attend[1, ..., :4] = attend[3, ..., :1] = False  # left padding
+    module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
+    for mask in (attend, None):
+        ours, _ = grouped_decode_attention(module, query, key, value, mask, scaling=0.3)
+        theirs, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_decode_kv_layer_grows_like_the_dynamic_layer():
+    g = torch.Generator().manual_seed(0)
+    steps = [(torch.randn(3, 2, n, 4, generator=g), torch.randn(3, 2, n, 4, generator=g)) for n in (5, 1, 1)]
+    dynamic = DynamicLayer()
+    dynamic.update(*steps[0])
+    ours = _DecodeKVLayer(dynamic.keys, dynamic.values, capacity=7)
+    for keys, values in steps[1:]:
+        expected, got = dynamic.update(keys, values), ours.update(keys, values)
+        assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    assert ours.get_seq_length() == dynamic.get_seq_length() == 7
+
+
+def test_engine_restores_the_attention_implementation(model):
+    before = model.config._attn_implementation
+    _engine(model).generate(_prompts((6, 3)), SamplingParams(max_new_tokens=4, temperature=1.0, n=2, seed=0))
+    assert model.config._attn_implementation == before

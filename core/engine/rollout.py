@@ -7,12 +7,13 @@ is 1 up to numerics), and for MoE models the experts chosen per token and layer 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from cascade.engine.moe import RoutingRecorder
 from cascade.engine.policy import Policy
@@ -30,7 +31,10 @@ class HFRolloutEngine(RolloutEngine):
     * the sampled token's log-prob is taken at each step, instead of keeping every step's logits
       (``output_logits``: [batch, new tokens, vocab] fp32, gigabytes at a 131k vocabulary);
     * no logits processors, stopping criteria or cache bookkeeping that sampling with temperature / top-p does
-      not use, and NemotronH's Mamba decode step runs `cascade.models.fast_decode` (where no CUDA kernel is).
+      not use, and NemotronH's Mamba decode step runs `cascade.models.fast_decode` (where no CUDA kernel is);
+    * the decode steps' attention writes into preallocated KV buffers and attends with each KV head shared by its
+      query heads in place (``DynamicCache`` concatenates the whole cache and sdpa copies every KV head per query
+      head, at every step), with the masks built once (NemotronH's layer types: full attention and Mamba).
 
     Sampling draws from ``generate(do_sample=True, temperature=T, top_p=p, top_k=0)``'s distribution (softmax of
     the temperature-scaled, top-p-filtered logits; by inverse CDF, not ``torch.multinomial``), greedy is its argmax,
@@ -109,23 +113,99 @@ def _sample(model, input_ids, attention_mask, expand, params: SamplingParams, eo
         for calls in recorder.calls:
             calls[-1] = calls[-1][expand]
     logits = out.logits[:, -1][expand]
-    attention_mask, position = attention_mask[expand], position_ids[expand, -1:]
+    position = position_ids[expand, -1:]
+    # The decode steps feed one token per row. Their attention runs over preallocated KV buffers with the query heads
+    # of each KV group together (`_DecodeKVLayer`, `grouped_decode_attention`), and their masks are passed ready-made:
+    # the full-attention one is a view of `attend` (left padding False, every fed token True), the Mamba layers'
+    # is None (transformers' own choice for a one-token step: a fed token is never padding).
+    width = input_ids.shape[1]
+    capacity = width + params.max_new_tokens - 1  # the last sampled token is never fed
+    _preallocate_attention_cache(cache, capacity)
+    attend = torch.ones(len(expand), 1, 1, capacity, dtype=torch.bool, device=logits.device)
+    attend[:, 0, 0, :width] = attention_mask[expand].bool()
     done = torch.zeros(len(expand), dtype=torch.bool, device=logits.device)
     tokens, logprobs = [], []
-    for step in range(params.max_new_tokens):
-        token, logprob = _next_token(logits, params, generator)
-        token = token.masked_fill(done, pad)  # finished rows emit padding, as in generate
-        tokens.append(token)
-        logprobs.append(logprob)
-        done |= token == eos
-        if bool(done.all()) or step == params.max_new_tokens - 1:
-            break  # the last sampled token is never fed: nothing would read its output
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(expand), 1)], dim=1)
-        position = position + 1
-        out = model(input_ids=token[:, None], attention_mask=attention_mask if padded else None, position_ids=position,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1]
+    with _attention_implementation(model, GROUPED_DECODE_ATTENTION):
+        for step in range(params.max_new_tokens):
+            token, logprob = _next_token(logits, params, generator)
+            token = token.masked_fill(done, pad)  # finished rows emit padding, as in generate
+            tokens.append(token)
+            logprobs.append(logprob)
+            done |= token == eos
+            if bool(done.all()) or step == params.max_new_tokens - 1:
+                break  # the last sampled token is never fed: nothing would read its output
+            position = position + 1
+            masks = {"full_attention": attend[..., :width + step + 1] if padded else None, "linear_attention": None}
+            out = model(input_ids=token[:, None], attention_mask=masks, position_ids=position,
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1]
     return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+
+
+class _DecodeKVLayer(DynamicLayer):
+    """A full-attention cache layer with room for the whole decode: a step writes its keys and values in place,
+    where ``DynamicLayer`` concatenates, copying the layer's whole cache at every step."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self._key_buffer = keys.new_empty(*keys.shape[:2], capacity, keys.shape[3])
+        self._value_buffer = values.new_empty(*values.shape[:2], capacity, values.shape[3])
+        self.keys, self.values = self._key_buffer[:, :, :0], self._value_buffer[:, :, :0]
+        self.update(keys, values)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.keys.shape[-2]
+        stop = start + key_states.shape[-2]
+        self._key_buffer[:, :, start:stop] = key_states
+        self._value_buffer[:, :, start:stop] = value_states
+        self.keys, self.values = self._key_buffer[:, :, :stop], self._value_buffer[:, :, :stop]
+        return self.keys, self.values
+
+
+def _preallocate_attention_cache(cache: DynamicCache, capacity: int) -> None:
+    """Move every full-attention layer of ``cache`` (the Mamba layers are fixed-size states) into a
+    :class:`_DecodeKVLayer` holding ``capacity`` positions."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[i] = _DecodeKVLayer(layer.keys, layer.values, capacity)
+
+
+GROUPED_DECODE_ATTENTION = "cascade_grouped_decode"
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """softmax(q k^T * scaling + mask) v for one new token per row, as sdpa computes it for a decode step, without
+    sdpa's ``repeat_kv``: that copies every cached KV head once per query head of its group at every step; here the
+    query heads of a group are the rows of one matmul against their shared KV head.
+
+    query [B, heads, 1, D], key / value [B, kv heads, S, D], attention_mask a boolean [B, 1, 1, S] (True: attend) or
+    None; returns [B, 1, heads, D] as transformers' attention functions do."""
+    batch, heads, q_len, dim = query.shape
+    if q_len != 1:
+        raise ValueError(f"grouped_decode_attention takes one query position, got {q_len}")
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # query head h uses KV head h // group size
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * (dim ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    out = torch.matmul(scores.softmax(dim=-1), value)
+    return out.reshape(batch, 1, heads, dim), None
+
+
+AttentionInterface.register(GROUPED_DECODE_ATTENTION, grouped_decode_attention)
+
+
+@contextmanager
+def _attention_implementation(model, name: str):
+    """Run ``model``'s attention layers with the registered attention function ``name`` inside the block (the decode
+    steps pass it their ready-made boolean masks, whatever the model's own implementation)."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
 
 
 def _next_token(logits: torch.Tensor, params: SamplingParams, generator) -> tuple[torch.Tensor, torch.Tensor]:
