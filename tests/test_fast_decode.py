@@ -15,7 +15,7 @@ from cascade.engine.moe import RoutingRecorder, find_routers
 from cascade.engine.policy import Policy
 from cascade.models import fallbacks
 from cascade.engine.rollout import HFRolloutEngine, _DecodeKVLayer, _next_token, _top_p, grouped_decode_attention
-from cascade.models import fast_decode
+from cascade.models import fast_decode, packing
 from cascade.models.tiny_nemotron_h import build_model, tiny_nemotron_h_config
 from cascade.types import SamplingParams
 
@@ -87,8 +87,87 @@ def test_causal_conv1d_update_matches_the_original():
             assert torch.equal(state, expected_state)
 
 
+def _scan_inputs(batch, seq_len, heads, groups, head_dim, state, initial_state, seed=0):
+    """Leaf tensors for a chunk scan, as the mixer passes them (dt before dt_bias and softplus, A = -exp(A_log))."""
+    g = torch.Generator().manual_seed(seed)
+    leaves = dict(
+        hidden_states=torch.randn(batch, seq_len, heads, head_dim, generator=g),
+        dt=torch.randn(batch, seq_len, heads, generator=g),
+        A=-torch.rand(heads, generator=g) * 8,  # per-token decays from ~1 to exp(-10), as at initialisation
+        B=torch.randn(batch, seq_len, groups, state, generator=g),
+        C=torch.randn(batch, seq_len, groups, state, generator=g),
+        D=torch.randn(heads, generator=g),
+        dt_bias=torch.randn(heads, generator=g),
+    )
+    if initial_state:
+        leaves["initial_states"] = torch.randn(batch, heads, head_dim, state, generator=g)
+    return {name: t.requires_grad_() for name, t in leaves.items()}
+
+
+def _scan_with_grads(fn, leaves, chunk_size, return_final_states):
+    """Output (and final state) of `fn`, and the gradients of every input under a fixed random loss."""
+    for t in leaves.values():
+        t.grad = None
+    result = fn(**leaves, chunk_size=chunk_size, dt_softplus=True, dt_limit=(0.0, float("inf")),
+                return_final_states=return_final_states)
+    outputs = result if return_final_states else (result,)
+    g = torch.Generator().manual_seed(1)
+    sum(((o * torch.randn(o.shape, generator=g)).sum() for o in outputs)).backward()
+    return [o.detach() for o in outputs], {name: t.grad.clone() for name, t in leaves.items()}
+
+
+@pytest.mark.parametrize(
+    "batch, seq_len, heads, groups, chunk_size, initial_state, return_final_states",
+    [
+        (32, 64, 8, 1, 64, True, True),  # a GRPO response micro-batch continuing from its prompt's cache
+        (4, 41, 8, 1, 64, False, True),  # a prefill: one chunk, padded
+        (3, 150, 8, 1, 64, True, True),  # several chunks, the last padded
+        (2, 45, 4, 2, 8, True, False),  # two B/C groups
+        (5, 33, 8, 4, 16, False, False),
+    ],
+)
+def test_chunk_scan_matches_the_original(batch, seq_len, heads, groups, chunk_size, initial_state, return_final_states):
+    head_dim = state = 32 if heads == 8 else 3  # the tiny model's sizes, or small odd ones
+    leaves = _scan_inputs(batch, seq_len, heads, groups, head_dim, state, initial_state)
+    expected, expected_grads = _scan_with_grads(ORIGINAL["mamba2_chunk_scan"], leaves, chunk_size, return_final_states)
+    ours, grads = _scan_with_grads(fast_decode.mamba2_chunk_scan, leaves, chunk_size, return_final_states)
+    # within 1e-5 of each tensor's largest entry: the gradients of A, D and dt_bias sum tens of thousands of terms,
+    # in another order than transformers (elementwise rtol fails on its small entries; both are ~1e-6 from float64)
+    pairs = [*zip(("output", "final state"), ours, expected), *((n, grads[n], g) for n, g in expected_grads.items())]
+    for name, out, ref in pairs:
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max(), name
+
+
+@pytest.mark.parametrize("packing_first", [True, False])
+def test_chunk_scan_leaves_packed_rows_to_the_packing_scan(packing_first):
+    leaves = {name: t.detach() for name, t in _scan_inputs(2, 40, 4, 2, 3, 5, False).items()}
+    seq_idx = torch.tensor([[0] * 10 + [1] * 30, [0] * 25 + [1] * 15], dtype=torch.int32)
+    kw = dict(chunk_size=16, dt_softplus=True)
+    was_enabled = packing.packed_sequences_enabled()
+    fast_decode.disable_fast_decode()
+    packing.disable_packed_sequences()
+    try:
+        for enable in (packing.enable_packed_sequences, fast_decode.enable_fast_decode)[:: 1 if packing_first else -1]:
+            enable()
+        packed = nemotron_h.mamba2_chunk_scan(**leaves, **kw, seq_idx=seq_idx)
+        assert torch.equal(packed, packing.mamba2_chunk_scan(**leaves, **kw, seq_idx=seq_idx))
+        assert torch.equal(nemotron_h.mamba2_chunk_scan(**leaves, **kw), fast_decode.mamba2_chunk_scan(**leaves, **kw))
+        packing.disable_packed_sequences()
+        fast_decode.disable_fast_decode()
+        packing.disable_packed_sequences()  # the outermost first: a patch only comes off while it is on top
+        with pytest.raises(ValueError):  # without cascade's packing, transformers' torch scan refuses seq_idx
+            nemotron_h.mamba2_chunk_scan(**leaves, **kw, seq_idx=seq_idx)
+    finally:
+        fast_decode.enable_fast_decode()
+        if was_enabled:
+            packing.enable_packed_sequences()
+
+
 def test_enable_is_idempotent_and_leaves_real_kernels_alone(monkeypatch):
-    names = ("mamba2_selective_state_update", "causal_conv1d_update")
+    names = tuple(fast_decode._PATCH.kernels)
+    packing_was_enabled = packing.packed_sequences_enabled()
+    packing.disable_packed_sequences()  # it would wrap our chunk scan, or sit under it
     fast_decode.disable_fast_decode()
     assert [getattr(nemotron_h, n) for n in names] == [ORIGINAL[n] for n in names]
     assert fast_decode.enable_fast_decode() == dict.fromkeys(names, True)
@@ -102,6 +181,8 @@ def test_enable_is_idempotent_and_leaves_real_kernels_alone(monkeypatch):
     assert [getattr(nemotron_h, n) for n in names] == [ORIGINAL[n] for n in names]
     monkeypatch.undo()
     fast_decode.enable_fast_decode()
+    if packing_was_enabled:
+        packing.enable_packed_sequences()
 
 
 # ---- the tiny model: generate with and without, and the engine's loop against generate ------------------------

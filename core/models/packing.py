@@ -20,8 +20,10 @@ SFT packs short samples into one row to avoid padding. In a NemotronH model the 
 
 This module supplies exact torch versions that honour `seq_idx` the way the `mamba_ssm` / `causal_conv1d`
 kernels do, and `enable_packed_sequences()` puts them into `transformers.models.nemotron_h.modeling_nemotron_h`
-where (and only where) the torch fallback would otherwise run. With `seq_idx=None` every replacement calls the
-original function with the original arguments, so the unpacked path is bit-identical.
+where (and only where) the torch fallback would otherwise run. With `seq_idx=None` every installed function calls
+the function it replaced with the original arguments, so the unpacked path is bit-identical to what ran before:
+transformers' function, or `cascade.models.fast_decode`'s faster chunk scan if that was enabled first (enabled
+later, it wraps ours and hands the packed calls on to it).
 
 How the replacement reaches the mixer: `NemotronHMamba2Mixer.forward` calls these functions by their module-global
 names, looked up at call time, so rebinding the module attributes is enough. The `@use_kernelized_func([...])`
