@@ -119,7 +119,10 @@ def _with_searchpaths(overrides: list[str], searchpaths: list[str]) -> list[str]
         if arg.startswith("hydra.searchpath=[") and arg.endswith("]"):
             inner = arg[len("hydra.searchpath=["):-1]
             return overrides[:i] + [f"hydra.searchpath=[{inner + ',' if inner else ''}{','.join(searchpaths)}]"] + overrides[i + 1:]
-    return [*overrides, f"hydra.searchpath=[{','.join(searchpaths)}]"]
+    # next to the user's overrides: argparse reads one contiguous run of them (`-m a=1 --cfg job` works)
+    at = next((i for i, arg in enumerate(overrides) if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))),
+              len(overrides))
+    return [*overrides[:at], f"hydra.searchpath=[{','.join(searchpaths)}]", *overrides[at:]]
 
 
 # ---- plugins / report -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ def write_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[
         "stages": [{**p, "metrics": registry[p["name"]].metrics} for p in plan if p["name"] in registry],
         "scores": matrix,
         "gains": gains(matrix, domains),
+        "best": best_scores(matrix, domains),
         "details": {stage: e.details for stage, e in registry.entries.items()},
         "checkpoints": {stage: e.checkpoint.to_dict() for stage, e in registry.entries.items()},
         "seconds": {s: e.metrics.get("seconds", 0.0) for s, e in registry.entries.items()},
@@ -44,6 +45,18 @@ def gains(matrix: dict[str, dict[str, float]], domains: list[str]) -> dict[str, 
     }
 
 
+def best_scores(matrix: dict[str, dict[str, float]], domains: list[str]) -> dict[str, dict[str, Any]]:
+    """Per domain: the stage that scored best so far, its score, the latest score and the gap to the best
+    (negative = the cascade has not kept what an earlier stage reached, e.g. before MOPD recovers it)."""
+    best: dict[str, dict[str, Any]] = {}
+    for d in domains:
+        rows = [(stage, scores[d]) for stage, scores in matrix.items() if d in scores]
+        if rows:
+            stage, score = max(rows, key=lambda row: row[1])  # max keeps the earliest of equal scores
+            best[d] = {"stage": stage, "score": score, "latest": rows[-1][1], "gap": round(rows[-1][1] - score, 6)}
+    return best
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     domains = report["domains"]
     status = "complete" if report["complete"] else "incomplete (resume with `resume=true`)"
@@ -56,7 +69,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             delta = report["gains"].get(stage, {}).get(d)
             cells.append(f"{scores[d]:.3f}" + (f" ({delta:+.3f})" if delta is not None else ""))
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {report['seconds'].get(stage, 0.0):.1f} |")
-    lines += ["", "In parentheses: change from the previous stage (negative = forgetting).", "", "## Stages", ""]
+    lines += ["", "In parentheses: change from the previous stage (negative = forgetting).", "",
+              "## Latest against best per domain", "", "| domain | best stage | best | latest | gap |", "|---|---|---:|---:|---:|"]
+    for d, best in report["best"].items():
+        lines.append(f"| {d} | {best['stage']} | {best['score']:.3f} | {best['latest']:.3f} | {best['gap']:+.3f} |")
+    lines += ["", "## Stages", ""]
     for stage in report["stages"]:
         last = stage["metrics"].get("last", {})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, (int, float)) and k != "step")

@@ -70,3 +70,25 @@ def test_a_cascade_without_stages_is_refused(tmp_path, toy_env):
 def test_init_is_a_reserved_stage_name(tmp_path, toy_env):
     with pytest.raises(ConfigError, match="'init' is reserved"):
         plan(tmp_path, "+stage@cascade.stages.init=toy_memorize")
+
+
+def test_hydra_flags_work_after_overrides(fresh_cli, toy_env, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert fresh_cli.main(["train", *TOY_ARGS, "seed=7", "--cfg", "job"]) == 0
+    assert "seed: 7" in capsys.readouterr().out
+    assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
+
+
+def test_default_and_smoke_cascades_compose():
+    """The embedded default holds every bundled domain in the paper's stage order on the full-width model;
+    smoke narrows it to math on the half-width model."""
+    searchpaths = PluginManager().load().config_searchpaths()
+    default = compose([], searchpaths)
+    assert list(default.cascade.domains) == ["math", "if", "mcq", "structured", "workplace"]
+    assert list(default.cascade.stages) == ["sft", "math_grpo", "if_rl", "multidomain_rl", "mopd"]
+    assert default.model.options.hidden_size == 256
+    smoke = compose(["cascade=smoke"], searchpaths)
+    assert smoke.cascade.name == "smoke" and list(smoke.cascade.stages) == ["sft", "math_grpo"]
+    assert list(smoke.cascade.domains) == ["math"]
+    assert smoke.model.options.hidden_size == 128
+

@@ -262,7 +262,7 @@ def test_third_party_plugin_pip_installed_then_uninstalled(tmp_path, toy_env):
 
     gone = run_cascade(["train", "cascade=reverse", "model=reverse_table", "loggers=[]", "run_dir=run2"], toy_env, tmp_path, check=False)
     assert gone.returncode == 2
-    assert "Could not find 'model/reverse_table'" in gone.stderr and "Available options in 'model'" in gone.stderr
+    assert "Could not find 'cascade/reverse'" in gone.stderr and "Available options in 'cascade'" in gone.stderr
     # a cascade spelled out in config that needs the plugin's stage type names what does exist
     gone = run_cascade(["train", *TOY_ARGS, "run_dir=run3", "cascade.stages.learn_add.type=reverse"], toy_env, tmp_path, check=False)
     assert gone.returncode == 2

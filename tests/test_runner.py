@@ -32,8 +32,11 @@ def test_every_domain_scored_after_every_stage(tmp_path, toy_env):
     assert result["gains"]["learn_add"]["add"] > 0 and result["gains"]["learn_add"]["mul"] == 0
     assert result["gains"]["learn_mul"]["mul"] > 0 and result["gains"]["learn_mul"]["add"] == 0
     assert result["complete"] is True
+    # nothing forgotten: every domain's latest score is its best
+    assert result["best"]["add"]["gap"] == 0 and result["best"]["mul"]["stage"] == "learn_mul"
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| learn_add |" in md and "(+" in md
+    assert f"| mul | learn_mul | {result['best']['mul']['score']:.3f} |" in md
     # every stage's checkpoint is kept and indexed for later stages (MOPD's teachers)
     registry = Registry(tmp_path / "run" / "checkpoints" / "index.json")
     assert registry.best("add").checkpoint.stage in ("learn_add", "learn_mul")
@@ -115,3 +118,14 @@ def test_multirun_with_the_joblib_launcher(tmp_path, toy_env):
     run_cascade(["train", "-m", *TOY_ARGS, "seed=3,4", "hydra.sweep.dir=sweep", "hydra/launcher=joblib",
                  "hydra.launcher.n_jobs=2"], toy_env, tmp_path)
     assert [report(tmp_path / "sweep" / str(job))["config"]["seed"] for job in (0, 1)] == [3, 4]
+
+
+def test_best_scores_show_forgetting_and_recovery():
+    from cascade.report import best_scores
+
+    matrix = {"init": {"a": 0.0, "b": 0.1}, "rl_a": {"a": 0.6, "b": 0.5}, "rl_b": {"a": 0.4, "b": 0.7},
+              "mopd": {"a": 0.58, "b": 0.7}}
+    best = best_scores({k: matrix[k] for k in ["init", "rl_a", "rl_b"]}, ["a", "b"])
+    assert best["a"] == {"stage": "rl_a", "score": 0.6, "latest": 0.4, "gap": -0.2}  # rl_b made a forget
+    best = best_scores(matrix, ["a", "b"])
+    assert best["a"]["gap"] == -0.02 and best["b"] == {"stage": "rl_b", "score": 0.7, "latest": 0.7, "gap": 0.0}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Dict
 
 import torch
 
@@ -58,6 +59,9 @@ class SFTStage(Stage):
         """Rows per forward pass; rows_per_step / micro_rows = gradient accumulation steps."""
         seq_len: int = 512
         demonstrations_per_domain: int = 1000
+        domain_weights: Dict[str, float] = field(default_factory=dict)
+        """The mix: a domain contributes ``weight x demonstrations_per_domain`` demonstrations (default weight
+        1), its distinct ones repeated when it holds fewer (upsampling a small or hard domain)."""
         optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, min_lr=5e-6, warmup_steps=200))
         checkpoint_every: int = 50
 
@@ -87,9 +91,14 @@ class SFTStage(Stage):
 
     def rows(self, tokenizer, context) -> list[Packed]:
         examples = []
+        unknown = set(self.config.domain_weights) - set(self.domains)
+        if unknown:
+            raise ConfigError(f"{self.name}.domain_weights: unknown domain(s) {sorted(unknown)}; the stage's domains are {self.domains}")
         for domain in self.domains:
-            demos = context.environment(domain).demonstrations(self.config.demonstrations_per_domain, context.seed)
-            examples += [tokenize_conversation(tokenizer, conversation) for conversation in demos]
+            wanted = round(self.config.domain_weights.get(domain, 1.0) * self.config.demonstrations_per_domain)
+            demos = context.environment(domain).demonstrations(wanted, context.seed) if wanted > 0 else []
+            tokenized = [tokenize_conversation(tokenizer, conversation) for conversation in demos]
+            examples += [tokenized[i % len(tokenized)] for i in range(wanted)] if tokenized else []
         if not examples:
             raise ConfigError(f"{self.name}: no demonstrations in domains {self.domains}: nothing to fine-tune on")
         return pack(examples, self.config.seq_len)

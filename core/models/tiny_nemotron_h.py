@@ -31,8 +31,9 @@ from transformers import NemotronHConfig, NemotronHForCausalLM
 TINY_PATTERN = "M*EM*E"
 
 
-def tiny_nemotron_h_config(vocab_size: int, **overrides) -> NemotronHConfig:
-    """Config for a ~2.5M-parameter NemotronH MoE (6 layers: 2 Mamba-2, 2 attention, 2 MoE).
+def tiny_nemotron_h_config(vocab_size: int, hidden_size: int = 128, **overrides) -> NemotronHConfig:
+    """Config for a small NemotronH MoE (6 layers: 2 Mamba-2, 2 attention, 2 MoE): ~1.6M parameters at
+    ``hidden_size`` 128 with a 1024-token vocabulary, ~4.5M at 256 with 2048 tokens.
 
     Token ids default to the layout of `cascade.tokenizer.train_chat_tokenizer` (pad `<|endoftext|>` = 0,
     eos `<|im_end|>` = 2, no bos); pass `pad_token_id=` / `eos_token_id=` to override for another tokenizer.
@@ -40,7 +41,7 @@ def tiny_nemotron_h_config(vocab_size: int, **overrides) -> NemotronHConfig:
     """
     fields = dict(
         vocab_size=vocab_size,
-        hidden_size=128,
+        hidden_size=hidden_size,
         layers_block_type=NemotronHConfig._pattern_to_list(TINY_PATTERN),
         tie_word_embeddings=False,
         pad_token_id=0,
@@ -51,8 +52,8 @@ def tiny_nemotron_h_config(vocab_size: int, **overrides) -> NemotronHConfig:
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=32,
-        # Mamba-2: 8 heads x 32 = 2 x hidden (expand 2), one B/C group, 32-dim state
-        mamba_num_heads=8,
+        # Mamba-2: heads x 32 = 2 x hidden (expand 2), one B/C group, 32-dim state
+        mamba_num_heads=2 * hidden_size // 32,
         mamba_head_dim=32,
         n_groups=1,
         ssm_state_size=32,
