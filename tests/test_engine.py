@@ -314,7 +314,9 @@ def test_evaluation_scores_the_held_out_split(checkpoint):
 def test_shared_prompt_logprobs_equal_the_plain_forward(policy):
     """Groups of 3, 2 and 1 rollouts with prompts of different lengths: same log-probs, entropy and gradients."""
     from cascade.engine.prefix_sharing import prompt_groups, shared_prompt_logprobs
+    from cascade.models.fast_decode import enable_fast_decode
 
+    enable_fast_decode()  # what the rollout engine installs: the update runs after a rollout, through its scan
     torch.manual_seed(0)
     rows = []
     for prompt_len, group in [(7, 3), (12, 2), (5, 1)]:

@@ -139,6 +139,20 @@ def test_chunk_scan_matches_the_original(batch, seq_len, heads, groups, chunk_si
         assert (out - ref).abs().max() <= 1e-5 * ref.abs().max(), name
 
 
+def test_chunk_scan_survives_the_cache_updating_its_initial_state_in_place():
+    """transformers' cache copies the final state into the tensor the scan started from (its static address);
+    the backward must not need that tensor's old value."""
+    leaves = _scan_inputs(2, 100, 8, 1, 32, 32, initial_state=True)  # two chunks: the second starts from the first
+    cache_state = leaves["initial_states"].detach().clone().requires_grad_()
+    start = cache_state * 1.0  # a non-leaf, as in a model: the prompt forward's state
+    out, final = fast_decode.mamba2_chunk_scan(**{**leaves, "initial_states": start}, chunk_size=64, dt_softplus=True,
+                                               return_final_states=True)
+    with torch.no_grad():
+        start.copy_(final)  # DynamicCache.update_recurrent_state
+    out.sum().backward()
+    assert cache_state.grad is not None and torch.isfinite(cache_state.grad).all()
+
+
 @pytest.mark.parametrize("packing_first", [True, False])
 def test_chunk_scan_leaves_packed_rows_to_the_packing_scan(packing_first):
     leaves = {name: t.detach() for name, t in _scan_inputs(2, 40, 4, 2, 3, 5, False).items()}

@@ -210,7 +210,8 @@ def mamba2_chunk_scan(
     # 3. across chunks, sequentially as mamba_ssm's state passing: state entering chunk c + 1 = the one entering c,
     # decayed over chunk c, plus chunk c's own end state. One step per chunk (a few per row in our workloads).
     if initial_states is not None:
-        state = initial_states.to(dtype=states.dtype, device=states.device)
+        # a copy: the caller's cache is updated in place after the scan, and autograd keeps this state
+        state = initial_states.to(dtype=states.dtype, device=states.device, copy=True)
         state = state.view(batch, groups, per_group, head_dim, state_size)
     else:
         state = torch.zeros_like(states[:, 0])
