@@ -60,8 +60,8 @@ class SFTStage(Stage):
         seq_len: int = 512
         demonstrations_per_domain: int = 1000
         domain_weights: Dict[str, float] = field(default_factory=dict)
-        """The mix: a domain contributes ``weight x demonstrations_per_domain`` demonstrations (default weight
-        1), its distinct ones repeated when it holds fewer (upsampling a small or hard domain)."""
+        """The mix: a domain's demonstrations (up to ``demonstrations_per_domain`` distinct ones) count ``weight``
+        times (default 1): 3 repeats them three times, 0.5 keeps the first half."""
         optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, min_lr=5e-6, warmup_steps=200))
         checkpoint_every: int = 50
 
@@ -95,10 +95,10 @@ class SFTStage(Stage):
         if unknown:
             raise ConfigError(f"{self.name}.domain_weights: unknown domain(s) {sorted(unknown)}; the stage's domains are {self.domains}")
         for domain in self.domains:
-            wanted = round(self.config.domain_weights.get(domain, 1.0) * self.config.demonstrations_per_domain)
-            demos = context.environment(domain).demonstrations(wanted, context.seed) if wanted > 0 else []
+            demos = context.environment(domain).demonstrations(self.config.demonstrations_per_domain, context.seed)
             tokenized = [tokenize_conversation(tokenizer, conversation) for conversation in demos]
-            examples += [tokenized[i % len(tokenized)] for i in range(wanted)] if tokenized else []
+            share = round(self.config.domain_weights.get(domain, 1.0) * len(tokenized))
+            examples += [tokenized[i % len(tokenized)] for i in range(share)]
         if not examples:
             raise ConfigError(f"{self.name}: no demonstrations in domains {self.domains}: nothing to fine-tune on")
         return pack(examples, self.config.seq_len)
