@@ -47,6 +47,7 @@ import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 from transformers.activations import ACT2FN
 
 from cascade.models.fallbacks import FallbackPatch
+from cascade.models.packing import discretization_step, pad_sequence_end
 
 # name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
 _KERNELS = {
@@ -133,7 +134,6 @@ def causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activatio
     return out.to(hidden_states.dtype)
 
 
-
 @functools.lru_cache(maxsize=8)
 def _window_sum_matrix(size: int, device: torch.device) -> torch.Tensor:
     """(size, size * size) 0/1 matrix W with (a @ W)[l * size + s] = sum_{k=s+1..l} a[k] (0 for s >= l): the sums of
@@ -173,19 +173,14 @@ def mamba2_chunk_scan(
     groups, state_size = B.shape[2], B.shape[3]
     per_group = heads // groups
 
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(dt.dtype)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1]).float()
+    dt = discretization_step(dt, dt_bias, dt_softplus, dt_limit).float()
 
     x = hidden_states.float()
     pad = (chunk_size - seq_len % chunk_size) % chunk_size
     n_chunks = (seq_len + pad) // chunk_size
 
     def chunked(t: torch.Tensor) -> torch.Tensor:  # (b, seq_len, ...) -> (b, c, chunk, ...), zero padded
-        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
-        return t.reshape(batch, n_chunks, chunk_size, *t.shape[2:])
+        return pad_sequence_end(t, pad).reshape(batch, n_chunks, chunk_size, *t.shape[2:])
 
     # Layout: b batch, c chunk, g group, h head in the group, l and s positions in the chunk, p head_dim, n state.
     # Padded positions have x = 0 and A = 0 (no input, no decay), so the final state is untouched by them.

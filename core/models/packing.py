@@ -171,9 +171,18 @@ def _segment_sum(x: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(x, dim=-2)
 
 
-def _pad_seq(x: torch.Tensor, pad: int) -> torch.Tensor:
+def pad_sequence_end(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Zero-pad dim 1 (the sequence) at the end."""
-    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad)) if pad else x
+
+
+def discretization_step(dt, dt_bias, dt_softplus: bool, dt_limit) -> torch.Tensor:
+    """The scan's step size as transformers computes it: bias, softplus, clamp to ``dt_limit``."""
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    return torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
 
 
 def mamba2_chunk_scan(
@@ -215,25 +224,21 @@ def mamba2_chunk_scan(
     num_groups = B.shape[2]
     seg = _segments(seq_idx, cu_seqlens, batch, seq_len, hidden_states.device)
 
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(dt.dtype)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
+    dt = discretization_step(dt, dt_bias, dt_softplus, dt_limit)
 
     x = hidden_states.float()
     B = B.float().repeat_interleave(num_heads // num_groups, dim=2, output_size=num_heads)
     C = C.float().repeat_interleave(num_heads // num_groups, dim=2, output_size=num_heads)
 
     pad = (chunk_size - seq_len % chunk_size) % chunk_size
-    D_residual = D[..., None] * _pad_seq(x, pad) if D is not None else None
+    D_residual = D[..., None] * pad_sequence_end(x, pad) if D is not None else None
 
     x = x * dt[..., None].float()
     A = A.to(x.dtype) * dt.float()
     n_chunks = (seq_len + pad) // chunk_size
     # (b, c, l, ...): chunk c, position l in the chunk. Padded positions: x = 0, A = 0 (no decay, no input), and
     # they belong to the last sample, so the final state is untouched by them.
-    x, A, B, C = [_pad_seq(t, pad).reshape(batch, n_chunks, chunk_size, *t.shape[2:]) for t in (x, A, B, C)]
+    x, A, B, C = [pad_sequence_end(t, pad).reshape(batch, n_chunks, chunk_size, *t.shape[2:]) for t in (x, A, B, C)]
     seg = torch.cat([seg, seg[:, -1:].expand(batch, pad)], dim=1).view(batch, n_chunks, chunk_size)
 
     A = A.permute(0, 3, 1, 2)  # (b, h, c, l)
