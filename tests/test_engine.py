@@ -16,7 +16,7 @@ from cascade.engine.policy import init_checkpoint, load_policy, save_policy
 from cascade.engine.rollout import HFRolloutEngine, collect_episodes, generation_prefix
 from cascade.engine.sft import Packed, SFTStage, pack, tokenize_conversation
 from cascade.engine.trainer import NonFiniteLossError, OptimConfig, Trainer, token_logprobs
-from cascade.types import SamplingParams
+from cascade.types import Generation, RolloutEngine, SamplingParams
 
 
 class Arithmetic(Environment):
@@ -342,3 +342,55 @@ def test_shared_prompt_logprobs_equal_the_plain_forward(policy):
     for name, param in model.named_parameters():
         if name in plain_grads:
             assert torch.allclose(param.grad, plain_grads[name], atol=1e-5, rtol=1e-3), name
+
+
+# ---- GRPO prompt filters ---------------------------------------------------------------------------------
+
+
+class Scripted(Reward):
+    """Scores rollout i of a group with ``sample.answer[i]``, whatever the model wrote."""
+
+    def score(self, episodes_G):
+        return [RewardResult(v) for v in episodes_G[0].sample.answer]
+
+
+class Stops(RolloutEngine):
+    """Ends every response at once (an untrained model would rather run into the length limit)."""
+
+    def __init__(self, policy):
+        self.eos = policy.eos_id
+
+    def generate(self, prompts_B, params):
+        return [[Generation([self.eos], [0.0], "stop") for _ in range(params.n)] for _ in prompts_B]
+
+
+def scripted_sample(name: str, values: list[float]) -> Sample:
+    return Sample(name, "sums", [{"role": "user", "content": f"{name}="}], values)
+
+
+def filter_context():
+    return SimpleNamespace(environment=lambda d: Arithmetic(), reward=lambda d: Scripted(), seed=0)
+
+
+def test_prefilter_drops_only_the_prompts_every_rollout_solves(policy):
+    stage = GRPOStage("code_rl", GRPOStage.Config(prefilter_samples=3, max_new_tokens=2), ["sums"])
+    pool = [scripted_sample("easy", [1.0, 1.0, 1.0]), scripted_sample("mixed", [1.0, 0.0, 1.0]),
+            scripted_sample("hard", [0.0, 0.0, 0.0]), scripted_sample("partial", [0.5, 1.0, 1.0])]
+    engine = Stops(policy)
+    kept = stage.hard_prompts("sums", pool, policy, engine, filter_context())
+    assert [s.id for s in kept] == ["mixed", "hard", "partial"]
+    assert stage.pool_metrics == {"prefilter_kept_fraction/sums": 0.75}
+    with pytest.raises(Exception, match="solved all 1 'sums' prompts in each of 3 rollouts"):
+        stage.hard_prompts("sums", pool[:1], policy, engine, filter_context())
+
+
+@pytest.mark.parametrize("values, masked", [([0.5, 0.2, 0.5, 0.0], True), ([0.6, 0.2, 0.5, 0.0], False)])
+def test_min_best_reward_masks_groups_no_rollout_scores_above(policy, values, masked):
+    """Also an update on one-token responses (an immediate end of turn), which once broke the shared-prompt backward."""
+    config = GRPOStage.Config(prompts_per_step=2, group_size=4, max_new_tokens=2, min_best_reward=0.5, max_sampling_rounds=1)
+    stage = GRPOStage("swe", config, ["sums"])
+    stage.reference = None
+    trainer = Trainer(policy, OptimConfig(lr=0.0), 1)
+    metrics = stage.train_step(1, policy, trainer, Stops(policy), {"sums": [scripted_sample("p", values)]}, filter_context())
+    assert metrics["masked_fraction"] == (1.0 if masked else 0.0)
+    assert ("skipped_update" in metrics) == masked

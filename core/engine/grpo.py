@@ -23,7 +23,7 @@ from cascade.engine.rollout import collect_episodes
 from cascade.engine.trainer import (
     OptimConfig, Trainer, attention_mask, check_finite, right_pad, token_logprobs, train_steps,
 )
-from cascade.types import Checkpoint, Episode, Reward, SamplingParams, Stage
+from cascade.types import Checkpoint, Episode, Reward, SamplingParams, Stage, StageError
 
 
 @dataclass
@@ -144,6 +144,11 @@ class GRPOStage(Stage):
         """With dynamic filtering, draw fresh prompts up to this many times to fill the batch."""
         overlong_reward: float = 0.0
         """Reward of a response that hit ``max_new_tokens``."""
+        min_best_reward: float | None = None
+        """Drop groups whose best rollout scored at most this (SWE-RL agentless: 0.5, no rollout came close)."""
+        prefilter_samples: int = 0
+        """Hard prompts only (code RL): before training, this many rollouts of the starting policy per pool prompt;
+        prompts that every one of them solves are dropped from the pool. 0: no filter."""
         freeze_router: bool = True
         share_prompts: bool = True
         """Run each group's prompt once in the update and continue every rollout from its cache (same result)."""
@@ -158,6 +163,8 @@ class GRPOStage(Stage):
         super().__init__(name, config, domains)
         self.objective = PolicyGradient(config.clip_eps)
         """What the update optimises; a wrapper (MOPD) swaps in its own."""
+        self.pool_metrics: dict[str, float] = {}
+        """Facts about the prompt pools (the prefilter's kept share), logged with every step."""
 
     # ---- the stage -------------------------------------------------------------------------------
 
@@ -170,8 +177,31 @@ class GRPOStage(Stage):
         trainer = Trainer(policy, cfg.optim, cfg.steps)
         engine = context.plugins.component("rollout_engines", context.config.rollout.engine).factory(policy, context.config.rollout)
         pools = {d: context.environment(d).samples("train", cfg.prompt_pool, context.seed) for d in self.domains}
+        if cfg.prefilter_samples > 0:
+            pools = {d: self.hard_prompts(d, pool, policy, engine, context) for d, pool in pools.items()}
         return train_steps(trainer, context, cfg.steps, cfg.checkpoint_every,
-                           lambda n: self.train_step(n, policy, trainer, engine, pools, context))
+                           lambda n: {**self.train_step(n, policy, trainer, engine, pools, context), **self.pool_metrics})
+
+    def hard_prompts(self, domain: str, pool: list, policy: Policy, engine, context) -> list:
+        """The pool without the prompts the starting policy always solves (``prefilter_samples`` rollouts each).
+
+        Seeded and run on the stage's starting weights, so a resumed stage rebuilds the same pool."""
+        cfg = self.config
+        n = cfg.prefilter_samples
+        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, n, seed=context.seed)
+        episodes = collect_episodes(engine, policy, context.environment(domain), pool, params, cfg.thinking)
+        reward = context.reward(domain)
+        kept = []
+        for i, sample in enumerate(pool):
+            group = episodes[i * n:(i + 1) * n]
+            values, _ = score_group(reward, group)
+            if not all(v >= 1.0 and not e.truncated for e, v in zip(group, values)):
+                kept.append(sample)
+        if not kept:
+            raise StageError(f"stage {self.name!r}: the starting policy solved all {len(pool)} {domain!r} prompts in each of "
+                             f"{n} rollouts, so prefilter_samples left nothing to train on; raise the domain's difficulty")
+        self.pool_metrics[f"prefilter_kept_fraction/{domain}"] = len(kept) / len(pool)
+        return kept
 
     def train_step(self, step: int, policy: Policy, trainer: Trainer, engine, pools, context) -> dict[str, float]:
         cfg = self.config
@@ -179,7 +209,7 @@ class GRPOStage(Stage):
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.group_size)
 
         # 1. rollouts and rewards, drawing fresh prompts while dynamic filtering leaves the batch short
-        kept, stats = [], {"groups": 0, "filtered": 0, "episodes": 0, "truncated": 0, "reward_sum": 0.0, "correct": 0, "generated": 0}
+        kept, stats = [], {"groups": 0, "filtered": 0, "masked": 0, "episodes": 0, "truncated": 0, "reward_sum": 0.0, "correct": 0, "generated": 0}
         statuses: Counter = Counter()
         for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_filter else 1):
             need = cfg.prompts_per_step - len(kept)
@@ -204,6 +234,9 @@ class GRPOStage(Stage):
                     if cfg.dynamic_filter and self.objective.filters_uniform_groups and max(values) == min(values):
                         stats["filtered"] += 1
                         continue
+                    if cfg.min_best_reward is not None and max(values) <= cfg.min_best_reward:
+                        stats["masked"] += 1
+                        continue
                     if len(kept) < cfg.prompts_per_step:
                         kept.append(group)
         rollout_seconds = time.perf_counter() - started
@@ -212,6 +245,7 @@ class GRPOStage(Stage):
             "reward": stats["reward_sum"] / stats["episodes"],
             "accuracy": stats["correct"] / stats["episodes"],
             "filtered_fraction": stats["filtered"] / stats["groups"],
+            "masked_fraction": stats["masked"] / stats["groups"],
             "truncated_fraction": stats["truncated"] / stats["episodes"],
             "reward_errors": float(statuses["error"]),
             "reward_timeouts": float(statuses["timeout"]),

@@ -77,15 +77,18 @@ def shared_prompt_logprobs(model, batch, temperature: float = 1.0, with_entropy:
     cache = out.past_key_values
     cache.reorder_cache(groups)
     last = out.logits[:, -1][groups]
-    if balancer is not None:
-        balancer.token_mask = response_mask
-    with replay_routing(model, response_routing) as replayed:
-        full_mask = torch.cat([prompt_mask[groups], response_mask], dim=1)
-        later = model(input_ids=response_ids, attention_mask=full_mask, position_ids=response_positions,
-                      past_key_values=cache, use_cache=True).logits[:, :-1]
-    hits, total = hits + replayed.hits, total + replayed.total
-
-    logits = torch.cat([last.unsqueeze(1), later], dim=1).float()  # [B, r_max]: predicts response token t
+    logits = last.unsqueeze(1)
+    if r_max > 1:  # one-token responses (an immediate end of turn) need no continuation; fed alone, the Mamba
+        # layers would take their in-place decode path and break the backward pass
+        if balancer is not None:
+            balancer.token_mask = response_mask
+        with replay_routing(model, response_routing) as replayed:
+            full_mask = torch.cat([prompt_mask[groups], response_mask], dim=1)
+            later = model(input_ids=response_ids, attention_mask=full_mask, position_ids=response_positions,
+                          past_key_values=cache, use_cache=True).logits[:, :-1]
+        hits, total = hits + replayed.hits, total + replayed.total
+        logits = torch.cat([logits, later], dim=1)
+    logits = logits.float()  # [B, r_max]: position t predicts response token t
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
