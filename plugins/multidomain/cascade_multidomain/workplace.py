@@ -14,9 +14,8 @@ markup, unknown tools, unknown / missing / duplicate parameters, wrong argument 
 and values outside an enum are all answered with an error, and a failed call changes nothing.
 The episode ends when the model answers without a tool call, or at ``max_turns``.
 
-Parsing is strict where it matters (the tags, the tool and parameter names, the types) and forgiving of
-whitespace: blank space around tags and around a value is ignored. String values are taken verbatim
-(stripped), integers must be plain decimal integers, booleans ``true`` / ``false``.
+Parsing and argument typing are :mod:`cascade.environments.tool_calls` (shared with other domains):
+strict about the tags, the tool and parameter names and the types, forgiving of whitespace.
 
 The reward :class:`DbStateReward` replays the whole episode the same way and scores 1 if the final
 database equals the expected one (field by field, types included), else 0.
@@ -30,12 +29,14 @@ from __future__ import annotations
 import copy
 import json
 import random
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from cascade import Environment, Episode, Message, Reward, RewardResult, Sample, StepResult
-from cascade.environments.generated import NO_THINKING, generate_items, item_id, spread, strip_think
+from cascade.environments import tool_calls
+from cascade.environments.generated import NO_THINKING, generate_items, item_id, spread
+from cascade.environments.tool_calls import (
+    ToolCall, assistant_turns, function_tool, has_tool_call, parameter_specs, parse_tool_calls, render_call)
 from cascade_multidomain.structured import same_json
 
 DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri"]
@@ -51,120 +52,29 @@ _PEOPLE = ("ann", "ben", "eva", "leo", "mia", "sam")
 _TOPICS = ("budget", "hiring", "launch", "report", "invoice", "agenda")
 
 
-def _tool(name: str, description: str, properties: dict, required: list[str]) -> dict:
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "properties": properties, "required": required}}}
-
-
 TOOLS: list[dict] = [
-    _tool("search", "Find records whose text contains query.",
-          {"table": {"type": "string", "enum": TABLES}, "query": {"type": "string"}}, ["table", "query"]),
-    _tool("create_event", "Add a calendar event.",
-          {"title": {"type": "string"}, "day": {"type": "string", "enum": DAYS},
-           "hour": {"type": "integer", "minimum": 8, "maximum": 18}}, ["title", "day", "hour"]),
-    _tool("delete_event", "Remove a calendar event.", {"event_id": {"type": "string"}}, ["event_id"]),
-    _tool("send_email", "Send an email.", {"to": {"type": "string"}, "subject": {"type": "string"}}, ["to", "subject"]),
-    _tool("update_ticket", "Change a ticket's status and/or assignee.",
-          {"ticket_id": {"type": "string"}, "status": {"type": "string", "enum": STATUSES},
-           "assignee": {"type": "string"}}, ["ticket_id"]),
+    function_tool("search", "Find records whose text contains query.",
+                  {"table": {"type": "string", "enum": TABLES}, "query": {"type": "string"}}, ["table", "query"]),
+    function_tool("create_event", "Add a calendar event.",
+                  {"title": {"type": "string"}, "day": {"type": "string", "enum": DAYS},
+                   "hour": {"type": "integer", "minimum": 8, "maximum": 18}}, ["title", "day", "hour"]),
+    function_tool("delete_event", "Remove a calendar event.", {"event_id": {"type": "string"}}, ["event_id"]),
+    function_tool("send_email", "Send an email.", {"to": {"type": "string"}, "subject": {"type": "string"}}, ["to", "subject"]),
+    function_tool("update_ticket", "Change a ticket's status and/or assignee.",
+                  {"ticket_id": {"type": "string"}, "status": {"type": "string", "enum": STATUSES},
+                   "assignee": {"type": "string"}}, ["ticket_id"]),
 ]
-_SPECS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+_SPECS = parameter_specs(TOOLS)
 
 
 def tools_system_prompt(system: str = SYSTEM, tools: Sequence[dict] = TOOLS) -> str:
-    """The system turn's content with the tools declared as the ChatML template writes them."""
-    return system + "\n\n# Tools\n\n<tools>" + "".join("\n" + json.dumps(t) for t in tools) + "\n</tools>"
-
-
-# ---- parsing -------------------------------------------------------------------------------------
-
-
-@dataclass
-class ToolCall:
-    name: str = ""
-    arguments: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
-    """Set when the call could not be parsed; it is answered with this error and not executed."""
-
-
-_SEGMENT = re.compile(r"<tool_call>(.*?)(</tool_call>|(?=<tool_call>)|$)", re.DOTALL)
-_FUNCTION = re.compile(r"\s*<function=\s*([A-Za-z_][\w.-]*)\s*>(.*)</function>\s*", re.DOTALL)
-_PARAMETER = re.compile(r"\s*<parameter=\s*([A-Za-z_]\w*)\s*>(.*?)</parameter>\s*", re.DOTALL)
-_MARKUP = ("<tool_call>", "</tool_call>", "<function=", "</function>", "<parameter=", "</parameter>")
-
-
-def has_tool_call(text: str) -> bool:
-    """Whether the answer tries to call a tool at all (well-formed or not)."""
-    body = strip_think(text)
-    return any(tag in body for tag in _MARKUP)
-
-
-def parse_tool_calls(text: str) -> list[ToolCall]:
-    """The tool calls of one assistant message, in order; malformed ones carry an ``error``."""
-    body = strip_think(text)
-    calls: list[ToolCall] = []
-    for match in _SEGMENT.finditer(body):
-        inner, closed = match.group(1), match.group(2)
-        if not closed:
-            calls.append(ToolCall(error="malformed tool call: missing </tool_call>"))
-            continue
-        function = _FUNCTION.fullmatch(inner)
-        if not function:
-            calls.append(ToolCall(error="malformed tool call: expected <function=NAME>...</function> inside <tool_call>"))
-            continue
-        name, params = function.group(1), function.group(2)
-        call, pos = ToolCall(name), 0
-        while pos < len(params) and not call.error:
-            parameter = _PARAMETER.match(params, pos)
-            if not parameter:
-                if params[pos:].strip():
-                    call.error = f"malformed tool call {name}: expected <parameter=NAME>value</parameter>"
-                break
-            key, value = parameter.group(1), parameter.group(2).strip()
-            if key in call.arguments:
-                call.error = f"malformed tool call {name}: parameter {key} given twice"
-            call.arguments[key] = value
-            pos = parameter.end()
-        calls.append(call)
-    outside = _SEGMENT.sub("", body)
-    if any(tag in outside for tag in _MARKUP):
-        calls.append(ToolCall(error="malformed tool call: tool-call markup outside <tool_call>...</tool_call>"))
-    return calls
-
-
-def _convert(tool: str, key: str, raw: str, spec: dict) -> Any:
-    kind = spec.get("type", "string")
-    if kind == "integer":
-        if not re.fullmatch(r"-?\d+", raw):
-            raise ValueError(f"{tool}: parameter {key} must be an integer, got {raw!r}")
-        value: Any = int(raw)
-        if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
-            raise ValueError(f"{tool}: parameter {key} must be in {spec.get('minimum')}..{spec.get('maximum')}, got {value}")
-    elif kind == "boolean":
-        if raw not in ("true", "false"):
-            raise ValueError(f"{tool}: parameter {key} must be true or false, got {raw!r}")
-        value = raw == "true"
-    else:
-        value = raw
-        if not value:
-            raise ValueError(f"{tool}: parameter {key} must not be empty")
-    if "enum" in spec and value not in spec["enum"]:
-        raise ValueError(f"{tool}: parameter {key} must be one of {spec['enum']}, got {raw!r}")
-    return value
+    """The system turn's content with the workplace tools declared as the ChatML template writes them."""
+    return tool_calls.tools_system_prompt(system, tools)
 
 
 def typed_arguments(call: ToolCall) -> dict[str, Any]:
-    """The call's arguments converted to the declared types; raises ValueError naming what is wrong."""
-    if call.name not in _SPECS:
-        raise ValueError(f"unknown tool {call.name!r}; available: {', '.join(_SPECS)}")
-    spec = _SPECS[call.name]
-    unknown = set(call.arguments) - set(spec["properties"])
-    if unknown:
-        raise ValueError(f"{call.name}: unknown parameter(s) {', '.join(sorted(unknown))}")
-    missing = [k for k in spec["required"] if k not in call.arguments]
-    if missing:
-        raise ValueError(f"{call.name}: missing parameter(s) {', '.join(missing)}")
-    return {k: _convert(call.name, k, v, spec["properties"][k]) for k, v in call.arguments.items()}
+    """The call's arguments converted to the workplace tools' declared types; raises ValueError."""
+    return tool_calls.typed_arguments(call, _SPECS)
 
 
 # ---- the database --------------------------------------------------------------------------------
@@ -216,10 +126,6 @@ def execute(db: dict, call: ToolCall) -> dict:
         return {"error": f"{call.name}: {type(err).__name__}: {err}"}
 
 
-def assistant_turns(sample: Sample, messages: Sequence[Message]) -> list[str]:
-    return [m.get("content") or "" for m in messages[len(sample.messages):] if m.get("role") == "assistant"]
-
-
 def replay(initial: dict, turns: Sequence[str]) -> tuple[dict, list[list[tuple[ToolCall, dict]]]]:
     """The database after every call of ``turns``, and each turn's (call, result) pairs."""
     db = copy.deepcopy(initial)
@@ -227,12 +133,6 @@ def replay(initial: dict, turns: Sequence[str]) -> tuple[dict, list[list[tuple[T
     for text in turns:
         log.append([(call, execute(db, call)) for call in parse_tool_calls(text)])
     return db, log
-
-
-def render_call(name: str, **arguments: Any) -> str:
-    """A call written in the SPEC.md syntax (as the chat template renders structured ``tool_calls``)."""
-    params = "".join(f"<parameter={k}>{v if isinstance(v, str) else json.dumps(v)}</parameter>" for k, v in arguments.items())
-    return f"<tool_call><function={name}>{params}</function></tool_call>"
 
 
 # ---- generation ----------------------------------------------------------------------------------
