@@ -85,6 +85,12 @@ def test_mcq_generator(difficulty, options):
     assert train != mcq.generate("train", 40, 1, difficulty)
     test = mcq.generate("test", 40, 0, difficulty)
     assert {q.stem for q in train}.isdisjoint(q.stem for q in mcq.generate("test", 500, 0, difficulty))
+    # held out by options: stems repeat across the splits, whole prompts never do
+    train, test = (mcq.generate(split, 300, 0, difficulty, held_out="options") for split in ("train", "test"))
+    assert {q.prompt for q in train}.isdisjoint(q.prompt for q in test)
+    assert {q.stem for q in train} & {q.stem for q in test}
+    with pytest.raises(ValueError, match="held_out must be one of"):
+        mcq.generate("train", 1, 0, held_out="facts")
     for q in train + test:
         assert len(q.options) == options and len(set(q.options)) == options
         assert len(q.prompt) < 200

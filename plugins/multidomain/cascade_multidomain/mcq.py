@@ -7,8 +7,17 @@ Question kinds (all short, one line plus the options)::
     science     "Which element has the symbol Fe?"    options Iron / Copper / Zinc ...
 
 ``difficulty`` 1..3 sets the number of options (3, 4, 5) and the size of the numbers (level 3 adds a
-second operation). The split of a question is fixed by the hash of its stem, so train and test never
-share a stem (not even with the options shuffled differently).
+second operation). The split of a question is fixed by a hash: with ``held_out="stems"`` of its stem, so
+train and test never share a stem (not even with the options shuffled differently): the held-out score
+asks for facts never seen in training, which is what a pretrained model is tested on. With
+``held_out="options"`` of the whole prompt: a held-out question may ask a fact of the training data, but
+among options and letters never seen with it. A model trained from scratch knows only its SFT data, so
+that is the split where choosing the answer, the skill RL trains, can be measured (the default cascade's
+tiny model scored chance on unseen stems after SFT and RL alike).
+
+The demonstrations work the value out before the letter (``7 m = 700 cm. Answer: B``): a small model
+can compute the value and then match it against the options, where the bare letter asked for both at
+once in one token (trained that way, the tiny default model stayed at chance).
 
 Letter extraction (:func:`extract_letter`), on the answer with ``<think>`` sections removed, first
 rule that matches wins, and within a rule the *last* match:
@@ -46,6 +55,7 @@ class MCQ:
     answer: str  # the correct letter
     kind: str
     difficulty: int
+    working: str  # the worked value before the letter: "7+8 = 15." (what the demonstrations write)
 
     @property
     def prompt(self) -> str:
@@ -97,7 +107,7 @@ def _numeric_pool(rng: random.Random, value: int, near: Sequence[int]) -> list[s
     return [str(p) for p in pool]
 
 
-def _arithmetic(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
+def _arithmetic(rng: random.Random, difficulty: int) -> tuple[str, str, list[str], str]:
     top = (9, 12, 20)[difficulty - 1]
     a, b = rng.randint(2, top), rng.randint(2, top)
     op = rng.choice("+-*")
@@ -109,32 +119,39 @@ def _arithmetic(rng: random.Random, difficulty: int) -> tuple[str, str, list[str
     if difficulty == 3:
         c = rng.randint(2, 9)
         text, value, near = f"{text}+{c}", value + c, [value, value + c + 1, value * c]
-    return f"What is {text}?", str(value), _numeric_pool(rng, value, near)
+    return f"What is {text}?", str(value), _numeric_pool(rng, value, near), f"{text} = {value}."
 
 
-def _units(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
+def _units(rng: random.Random, difficulty: int) -> tuple[str, str, list[str], str]:
     small, big, factor = rng.choice(_UNITS)
     n = rng.randint(2, (9, 20, 50)[difficulty - 1])
     value = n * factor
     near = [n * factor * 10, n * factor // 10, n * 10, n + factor, n * 100, n * 1000]
-    return f"How many {small} are in {n} {big}?", str(value), _numeric_pool(rng, value, near)
+    return f"How many {small} are in {n} {big}?", str(value), _numeric_pool(rng, value, near), f"{n} {big} = {value} {small}."
 
 
-def _science(rng: random.Random, difficulty: int) -> tuple[str, str, list[str]]:
+def _science(rng: random.Random, difficulty: int) -> tuple[str, str, list[str], str]:
     if rng.random() < 0.6:
         symbol, name = rng.choice(sorted(_ELEMENTS.items()))
         if rng.random() < 0.5:
-            return f"Which element has the symbol {symbol}?", name, sorted(set(_ELEMENTS.values()) - {name})
-        return f"What is the symbol of {name}?", symbol, sorted(set(_ELEMENTS) - {symbol})
+            return f"Which element has the symbol {symbol}?", name, sorted(set(_ELEMENTS.values()) - {name}), f"{symbol} is {name}."
+        return f"What is the symbol of {name}?", symbol, sorted(set(_ELEMENTS) - {symbol}), f"{name} is {symbol}."
     stem, answer, pool = rng.choice(_FACTS)
-    return stem, answer, list(pool)
+    return stem, answer, list(pool), f"{answer}."
 
 
 _MAKERS = {"arithmetic": _arithmetic, "units": _units, "science": _science}
 
 
-def generate(split: str, n: int, seed: int, difficulty: int = 1, kinds: Sequence[str] = KINDS) -> list[MCQ]:
-    """Up to ``n`` distinct questions of ``split`` at ``difficulty`` (1..3), cycling through ``kinds``."""
+HELD_OUT = ("stems", "options")
+
+
+def generate(split: str, n: int, seed: int, difficulty: int = 1, kinds: Sequence[str] = KINDS,
+             held_out: str = "stems") -> list[MCQ]:
+    """Up to ``n`` distinct questions of ``split`` at ``difficulty`` (1..3), cycling through ``kinds``;
+    ``held_out`` says what a test question never shares with training (module docstring)."""
+    if held_out not in HELD_OUT:
+        raise ValueError(f"held_out must be one of {HELD_OUT}, got {held_out!r}")
     if difficulty not in (1, 2, 3):
         raise ValueError(f"difficulty must be 1, 2 or 3, got {difficulty}")
     unknown = set(kinds) - set(KINDS)
@@ -145,11 +162,12 @@ def generate(split: str, n: int, seed: int, difficulty: int = 1, kinds: Sequence
 
     def make(rng: random.Random) -> MCQ:
         kind = kinds[next(counter) % len(kinds)]
-        stem, correct, pool = _MAKERS[kind](rng, difficulty)
+        stem, correct, pool, working = _MAKERS[kind](rng, difficulty)
         options, letter = _options(rng, correct, pool, k)
-        return MCQ(item_id(f"mcq-{kind}-d{difficulty}", stem), stem, options, letter, kind, difficulty)
+        return MCQ(item_id(f"mcq-{kind}-d{difficulty}", stem), stem, options, letter, kind, difficulty, working)
 
-    return generate_items(make, lambda q: q.stem, split, n, seed, f"{_SALT}/{difficulty}/{','.join(kinds)}")
+    key = (lambda q: q.stem) if held_out == "stems" else (lambda q: q.prompt)
+    return generate_items(make, key, split, n, seed, f"{_SALT}/{difficulty}/{','.join(kinds)}/{held_out}")
 
 
 # ---- letter extraction ---------------------------------------------------------------------------
@@ -175,16 +193,18 @@ def extract_letter(text: str, letters: str = LETTERS, fallback: bool = True) -> 
 
 
 class MCQEnvironment(Environment):
-    """Single-turn multiple choice. ``difficulties`` mixes levels 1..3; ``kinds`` picks question kinds."""
+    """Single-turn multiple choice. ``difficulties`` mixes levels 1..3; ``kinds`` picks question kinds;
+    ``held_out`` is "stems" or "options" (module docstring)."""
 
-    def __init__(self, difficulties: Sequence[int] = (1,), kinds: Sequence[str] = KINDS):
+    def __init__(self, difficulties: Sequence[int] = (1,), kinds: Sequence[str] = KINDS, held_out: str = "stems"):
         self.difficulties = list(difficulties)
         self.kinds = list(kinds)
+        self.held_out = held_out
 
     def questions(self, split: str, n: int, seed: int) -> list[MCQ]:
         out: list[MCQ] = []
         for level, count in zip(self.difficulties, spread(n, self.difficulties)):
-            out += generate(split, count, seed, level, self.kinds)
+            out += generate(split, count, seed, level, self.kinds, self.held_out)
         return out
 
     def samples(self, split, n, seed):
@@ -196,7 +216,7 @@ class MCQEnvironment(Environment):
 
     def demonstrations(self, n, seed):
         return [
-            [{"role": "user", "content": q.prompt}, {"role": "assistant", "content": f"{NO_THINKING}Answer: {q.answer}"}]
+            [{"role": "user", "content": q.prompt}, {"role": "assistant", "content": f"{NO_THINKING}{q.working} Answer: {q.answer}"}]
             for q in self.questions("train", n, seed + 1)
         ]
 
