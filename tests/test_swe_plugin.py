@@ -254,6 +254,35 @@ def test_agentless_demonstrations_score_one(reward):
     assert [r.value for r in reward.score(episodes)] == [1.0] * 6
 
 
+def test_identical_patches_share_one_sandboxed_run(monkeypatch):
+    """Rollouts of a group that wrote the same patch are graded by one test run, each getting its verdict."""
+    from cascade.environments.sandbox import SandboxPool
+
+    jobs = []
+    original = SandboxPool.map
+    monkeypatch.setattr(SandboxPool, "map", lambda self, js: jobs.append(len(js)) or original(self, js))
+    task = level_tasks(1)[1]
+    fresh = SweTestsReward(cpu_seconds=1, wall_seconds=2.0)
+    try:
+        results = fresh.score([agentless(task, a) for a in (fix(task), fix(task) + "\n" + break_passing(task), fix(task), fix(task))])
+    finally:
+        fresh.close()
+    assert jobs == [2]
+    assert [r.value for r in results] == [1.0, 0.0, 1.0, 1.0]
+
+
+def test_agentic_run_tests_answers_a_repeated_state_from_the_cache(monkeypatch):
+    from cascade_swe import agentic
+
+    env, task = SweAgenticEnvironment(), level_tasks(1)[0]
+    calls = []
+    original = agentic.sandbox.run
+    monkeypatch.setattr(agentic.sandbox, "run", lambda job: calls.append(job) or original(job))
+    first = env.run_tests(task.files)
+    assert env.run_tests(dict(task.files)) == first == f"{len(task.pass_to_pass)} passed"
+    assert len(calls) == 1
+
+
 # ---- agentic -------------------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ TOOLS: list[dict] = [
 ]
 _SPECS = parameter_specs(TOOLS)
 _MAX_HITS = 6
+_CACHED_STATES = 4096
 
 RunTests = Callable[[Mapping[str, str]], str]
 
@@ -113,10 +114,22 @@ class SweAgenticEnvironment(Environment):
         self.difficulties = list(difficulties)
         self.max_turns = max_turns
         self.limits = sandbox.Limits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds)
+        self._summaries: dict[tuple, str] = {}  # repository state -> run_tests summary, oldest first
 
     def run_tests(self, files: Mapping[str, str]) -> str:
+        """The visible tests' summary; a repository state seen before answers from the cache (the generated tests
+        are deterministic, and the rollouts of a group often reach the same state)."""
+        key = tuple(sorted(files.items()))
+        if key in self._summaries:
+            return self._summaries[key]
         pending = suite_job(files, visible_tests(files), self.limits)
-        return read_report(sandbox.run(pending.job), pending.nonce).summary()
+        result = sandbox.run(pending.job)
+        summary = read_report(result, pending.nonce).summary()
+        if result.status in ("passed", "failed"):  # not a timeout a loaded machine might not repeat
+            if len(self._summaries) >= _CACHED_STATES:
+                self._summaries.pop(next(iter(self._summaries)))
+            self._summaries[key] = summary
+        return summary
 
     @staticmethod
     def prompt(task: SweTask) -> list[Message]:

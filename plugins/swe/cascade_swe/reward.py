@@ -82,9 +82,13 @@ class SweTestsReward(Reward):
         patched = [self._patch(e) for e in episodes_G]
         if self.similarity:
             return [failure or self._similarity(e.sample, files) for e, (files, failure) in zip(episodes_G, patched)]
-        runs = {}
+        runs, same = {}, {}  # rollouts that wrote the same patch share one sandboxed run (the tests are deterministic)
         for i, (episode, (files, _)) in enumerate(zip(episodes_G, patched)):
             if files is not None:
+                key = tuple(sorted(files.items()))
+                if key in same:
+                    continue
+                same[key] = i
                 hidden = episode.sample.answer["hidden"]
                 runs[i] = suite_job(files, sorted({*(p for p in files if is_test_file(p)), *hidden}), self.limits, hidden)
         try:
@@ -98,7 +102,8 @@ class SweTestsReward(Reward):
             if failure:
                 out.append(failure)
                 continue
-            report = read_report(results[i], runs[i].nonce)
+            first = same[tuple(sorted(files.items()))]
+            report = read_report(results[first], runs[first].nonce)
             verdict = grade(report, episode.sample.answer["fail_to_pass"], episode.sample.answer["pass_to_pass"])
             out.append(RewardResult(float(verdict.resolved), info={
                 "status": verdict.status, "fail_to_pass": verdict.fail_to_pass, "pass_to_pass": verdict.pass_to_pass,
