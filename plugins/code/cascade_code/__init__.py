@@ -1,0 +1,1 @@
+"""cascade-code: the code RL domain of cascade-rl."""
