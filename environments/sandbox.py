@@ -330,6 +330,7 @@ def _kill_uid(uid: int) -> None:
                     pass
         if not found:
             return
+        time.sleep(0.005)  # SIGKILL is asynchronous: give the killed a moment to leave
 
 
 def _classify(job: Job, events: list[dict], timed_out: bool, overflow: str | None, launcher_err: str) -> dict:
@@ -377,14 +378,13 @@ def _execute(job: Job, mode: _Mode) -> ExecResult:
         return ExecResult("sandbox_error", None, "", "", time.monotonic() - started, (), {}, f"could not start: {exc}")
     finally:
         os.close(status_w)
-    leftover_uid = None if mode.namespaces else uid  # a pid namespace dies whole; a plain uid is swept by /proc
     streams = _Streams(proc, status_r, _spec(job, mode, uid, workdir) + job.stdin.encode(), job.limits.output_bytes)
     try:
         finished = streams.pump(deadline, stop_at_status_eof=True)
         if finished:  # the launcher is done; leftovers it could not reach may still hold the pipes open
             streams.pump(min(deadline, time.monotonic() + _GRACE_SECONDS))
         timed_out = not finished and streams.overflow is None
-        _kill_tree(proc, leftover_uid)
+        _kill_tree(proc, uid)  # with namespaces too: the pid namespace dies whole, but not at once
         proc.wait()
         streams.pump(time.monotonic() + _GRACE_SECONDS)  # everything is dead now: take what is left in the pipes
     finally:

@@ -80,12 +80,15 @@ def test_hydra_flags_work_after_overrides(fresh_cli, toy_env, capsys, tmp_path, 
 
 
 def test_default_and_smoke_cascades_compose():
-    """The embedded default holds every bundled domain in the paper's stage order on the full-width model;
+    """The embedded default holds the bundled domains in the paper's stage order on the full-width model;
     smoke narrows it to math on the half-width model."""
     searchpaths = PluginManager().load().config_searchpaths()
     default = compose([], searchpaths)
-    assert list(default.cascade.domains) == ["math", "if", "mcq", "structured", "workplace"]
-    assert list(default.cascade.stages) == ["sft", "math_grpo", "if_rl", "multidomain_rl", "mopd"]
+    assert list(default.cascade.domains) == ["math", "if", "mcq", "structured", "workplace", "code", "swe_agentless",
+                                             "swe_agentic"]
+    assert list(default.cascade.stages) == ["sft", "math_grpo", "if_rl", "multidomain_rl", "mopd", "code_rl",
+                                            "swe_agentless", "swe_agentic"]
+    assert list(default.cascade.stages.mopd.domains) == ["math", "if", "mcq", "structured", "workplace"]
     assert default.model.options.hidden_size == 256
     smoke = compose(["cascade=smoke"], searchpaths)
     assert smoke.cascade.name == "smoke" and list(smoke.cascade.stages) == ["sft", "math_grpo"]
