@@ -81,6 +81,27 @@ def test_bad_difficulty_is_refused():
         repos.generate("train", 1, 0, 4)
 
 
+@pytest.mark.parametrize("kwargs, message", [({"distractors": 0}, "distractors"), ({"bug_kinds": ["typo"]}, "bug_kinds"),
+                                             ({"bug_kinds": []}, "bug_kinds"), ({"held_out": "files"}, "held_out")])
+def test_bad_generator_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        repos.generate("train", 1, 0, **kwargs)
+
+
+def test_distractors_bug_kinds_and_held_out_repos():
+    """One correct function beside the buggy one, only the asked mutations; held out by repository, a test task may
+    repeat a training bug site but never a training repository."""
+    options = {"distractors": 1, "bug_kinds": ["operator", "comparison"], "held_out": "repos"}
+    train, test = (repos.generate(split, 300, 0, 1, **options) for split in ("train", "test"))
+    assert len(train) == len(test) == 300
+    assert {t.bug_kind for t in train + test} == {"operator", "comparison"}
+    assert all(len(re.findall(r"^def ", t.files[t.bug_file], re.M)) == 2 and len(t.pass_to_pass) == 1 for t in train + test)
+    assert {t.id for t in train}.isdisjoint(t.id for t in test)
+    assert {t.bug_site for t in train} & {t.bug_site for t in test}
+    env = SweAgentlessEnvironment(**options)
+    assert [s.id for s in env.samples("test", 5, 0)] == [t.id for t in test[:5]]
+
+
 @pytest.mark.parametrize("difficulty", [1, 2, 3])
 def test_buggy_repo_fails_exactly_fail_to_pass_and_the_fix_resolves(difficulty):
     tasks = level_tasks(difficulty)

@@ -29,7 +29,7 @@ from cascade.environments.tool_calls import (
     ToolCall, assistant_turns, function_tool, has_tool_call, parameter_specs, parse_tool_calls, render_call,
     tools_system_prompt, typed_arguments)
 from cascade_swe.edits import Edit, apply_edits, is_test_file
-from cascade_swe.repos import SweTask, swe_sample, tasks
+from cascade_swe.repos import BUG_KINDS, SweTask, swe_sample, tasks
 from cascade_swe.testrun import read_report, suite_job
 
 SYSTEM = "Fix the bug with the tools, then submit."
@@ -110,8 +110,12 @@ def visible_tests(files: Mapping[str, str]) -> list[str]:
 class SweAgenticEnvironment(Environment):
     """Multi-turn repository work through tools (see the module docstring)."""
 
-    def __init__(self, difficulties: Sequence[int] = (1,), max_turns: int = 6, cpu_seconds: int = 2, wall_seconds: float = 5.0):
+    def __init__(self, difficulties: Sequence[int] = (1,), max_turns: int = 6, cpu_seconds: int = 2, wall_seconds: float = 5.0,
+                 distractors: int = 2, bug_kinds: Sequence[str] = BUG_KINDS, held_out: str = "sites"):
         self.difficulties = list(difficulties)
+        self.distractors = distractors
+        self.bug_kinds = list(bug_kinds)
+        self.held_out = held_out
         self.max_turns = max_turns
         self.limits = sandbox.Limits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds)
         self._summaries: dict[tuple, str] = {}  # repository state -> run_tests summary, oldest first
@@ -137,7 +141,7 @@ class SweAgenticEnvironment(Environment):
                 {"role": "user", "content": f"Issue: {task.issue}\nFiles: {', '.join(sorted(task.files))}"}]
 
     def samples(self, split, n, seed):
-        return [swe_sample(t, self.domain, self.prompt(t), "agentic") for t in tasks(self.difficulties, split, n, seed)]
+        return [swe_sample(t, self.domain, self.prompt(t), "agentic") for t in tasks(self.difficulties, split, n, seed, self.distractors, self.bug_kinds, self.held_out)]
 
     def step(self, sample: Sample, messages: list[Message]) -> StepResult:
         try:
@@ -163,7 +167,7 @@ class SweAgenticEnvironment(Environment):
 
     def demonstrations(self, n, seed):
         demos = []
-        for task in tasks(self.difficulties, "train", n, seed + 1):
+        for task in tasks(self.difficulties, "train", n, seed + 1, self.distractors, self.bug_kinds, self.held_out):
             conversation = self.prompt(task)
             sample = swe_sample(task, self.domain, list(conversation), "agentic")
             for text in self.solution_turns(task):

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from cascade import Environment, Message
 from cascade.environments.generated import NO_THINKING
-from cascade_swe.repos import SweTask, swe_sample, tasks
+from cascade_swe.repos import BUG_KINDS, SweTask, swe_sample, tasks
 
 INSTRUCTION = "Fix it with a SEARCH/REPLACE edit."
 
@@ -23,8 +23,11 @@ def search_replace(path: str, search: str, replace: str) -> str:
 class SweAgentlessEnvironment(Environment):
     """One turn: issue plus source files in, SEARCH/REPLACE edits out."""
 
-    def __init__(self, difficulties: Sequence[int] = (1,)):
+    def __init__(self, difficulties: Sequence[int] = (1,), distractors: int = 2, bug_kinds: Sequence[str] = BUG_KINDS, held_out: str = "sites"):
         self.difficulties = list(difficulties)
+        self.distractors = distractors
+        self.bug_kinds = list(bug_kinds)
+        self.held_out = held_out
 
     @staticmethod
     def prompt(task: SweTask) -> list[Message]:
@@ -32,8 +35,8 @@ class SweAgentlessEnvironment(Environment):
         return [{"role": "user", "content": f"Issue: {task.issue}\n\n{files}{INSTRUCTION}"}]
 
     def samples(self, split, n, seed):
-        return [swe_sample(t, self.domain, self.prompt(t), "agentless") for t in tasks(self.difficulties, split, n, seed)]
+        return [swe_sample(t, self.domain, self.prompt(t), "agentless") for t in tasks(self.difficulties, split, n, seed, self.distractors, self.bug_kinds, self.held_out)]
 
     def demonstrations(self, n, seed):
         return [self.prompt(t) + [{"role": "assistant", "content": NO_THINKING + search_replace(t.bug_file, t.buggy_line, t.fixed_line)}]
-                for t in tasks(self.difficulties, "train", n, seed + 1)]
+                for t in tasks(self.difficulties, "train", n, seed + 1, self.distractors, self.bug_kinds, self.held_out)]

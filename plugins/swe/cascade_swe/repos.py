@@ -270,11 +270,11 @@ def _cases(rng: random.Random, namespace: dict, fn: _Function, n: int) -> list[t
     return cases
 
 
-def _make(rng: random.Random, difficulty: int) -> SweTask | None:
+def _make(rng: random.Random, difficulty: int, distractors: int, bug_kinds: Sequence[str]) -> SweTask | None:
     theme = THEMES[rng.choice(sorted(THEMES))]
     module = rng.choice(theme.modules)
     buggy_template = rng.choice(theme.pairs if difficulty >= 2 else theme.functions)
-    others = rng.sample([t for t in theme.functions if t is not buggy_template], 2)
+    others = rng.sample([t for t in theme.functions if t is not buggy_template], distractors)
     units = [_draw(rng, t)[0] for t in [buggy_template, *others]]
     names = [f.name for unit in units for f in unit]
     if len(set(names)) != len(names):
@@ -283,7 +283,9 @@ def _make(rng: random.Random, difficulty: int) -> SweTask | None:
     correct = [f.source for unit in units for f in unit]
 
     tree = ast.parse(target.source)
-    sites = _sites(tree)
+    sites = [(k, i) for k, i in _sites(tree) if k in bug_kinds]
+    if not sites:
+        return None
     kind = rng.choice(sorted({k for k, _ in sites}))
     index = rng.choice([i for k, i in sites if k == kind])
     mutant = _mutate(target.source, kind, index, rng)
@@ -338,24 +340,48 @@ def _make(rng: random.Random, difficulty: int) -> SweTask | None:
         bug_file=bug_file, buggy_line=buggy_line, fixed_line=fixed_line, sources=sources)
 
 
-def generate(split: str, n: int, seed: int, difficulty: int = 1) -> list[SweTask]:
-    """Up to ``n`` tasks of ``split`` at ``difficulty`` (1..3), one per bug site; same arguments, same list."""
+HELD_OUT = ("sites", "repos")
+
+
+def generate(split: str, n: int, seed: int, difficulty: int = 1, distractors: int = 2,
+             bug_kinds: Sequence[str] = BUG_KINDS, held_out: str = "sites") -> list[SweTask]:
+    """Up to ``n`` tasks of ``split`` at ``difficulty`` (1..3); same arguments, same list.
+
+    ``distractors``: correct functions beside the buggy one (1..3; their tests are the pass-to-pass tests);
+    ``bug_kinds``: the mutations drawn from (a subset of :data:`BUG_KINDS`); ``held_out``: "sites" keys the
+    split by bug site (a held-out bug -- function, buggy line, fix -- never appears in training, one task per
+    site), "repos" by the whole repository and issue (a held-out task may repeat a training bug site among
+    other functions, names and inputs: what a model trained from scratch can be measured on)."""
+    if held_out not in HELD_OUT:
+        raise ValueError(f"held_out must be one of {HELD_OUT}, got {held_out!r}")
     if difficulty not in (1, 2, 3):
         raise ValueError(f"difficulty must be 1, 2 or 3, got {difficulty}")
+    if distractors not in (1, 2, 3):
+        raise ValueError(f"distractors must be 1, 2 or 3 (pass-to-pass tests need one), got {distractors}")
+    unknown = set(bug_kinds) - set(BUG_KINDS)
+    if unknown or not bug_kinds:
+        raise ValueError(f"bug_kinds must be a non-empty subset of {BUG_KINDS}, got {list(bug_kinds)}")
+    kinds = tuple(sorted(bug_kinds))
 
     def make(rng: random.Random) -> SweTask:
-        while (task := _make(rng, difficulty)) is None:
+        while (task := _make(rng, difficulty, distractors, kinds)) is None:
             pass
         return task
 
-    return generate_items(make, lambda t: t.bug_site, split, n, seed, f"{_SALT}/{difficulty}")
+    if (distractors, kinds, held_out) == (2, tuple(sorted(BUG_KINDS)), "sites"):
+        salt = f"{_SALT}/{difficulty}"
+    else:
+        salt = f"{_SALT}/{difficulty}/{distractors}/{','.join(kinds)}/{held_out}"
+    key = (lambda t: t.bug_site) if held_out == "sites" else (lambda t: t.id)
+    return generate_items(make, key, split, n, seed, salt)
 
 
-def tasks(difficulties: Sequence[int], split: str, n: int, seed: int) -> list[SweTask]:
+def tasks(difficulties: Sequence[int], split: str, n: int, seed: int, distractors: int = 2,
+          bug_kinds: Sequence[str] = BUG_KINDS, held_out: str = "sites") -> list[SweTask]:
     """``n`` tasks spread over the difficulty levels."""
     out: list[SweTask] = []
     for level, count in zip(difficulties, spread(n, list(difficulties))):
-        out += generate(split, count, seed, level)
+        out += generate(split, count, seed, level, distractors, bug_kinds, held_out)
     return out
 
 
