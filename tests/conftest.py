@@ -57,3 +57,17 @@ def run_cascade(args: list[str], env: dict, cwd: Path, check: bool = True, timeo
     if check and proc.returncode != 0:
         raise AssertionError(f"cascade {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def drive(env, sample, turns: list[str]):
+    """Scripted assistant turns (each after the non-thinking prefix) through ``env.step`` as collect_episodes runs
+    them, for multi-turn environments; returns the messages and the steps."""
+    messages, steps = list(sample.messages), []
+    for turn in range(env.max_turns):
+        messages.append({"role": "assistant", "content": "<think></think>" + turns[turn]})
+        step = env.step(sample, messages)
+        steps.append(step)
+        if step.done or turn == env.max_turns - 1:
+            break
+        messages += step.messages
+    return messages, steps

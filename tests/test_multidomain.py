@@ -12,6 +12,7 @@ from cascade_multidomain import mcq, structured, workplace
 from cascade_multidomain.mcq import MCQEnvironment, MCQMatchReward, extract_letter
 from cascade_multidomain.structured import JsonSchemaReward, StructuredEnvironment, check_output
 from cascade_multidomain.workplace import DbStateReward, WorkplaceEnvironment, parse_tool_calls, render_call
+from conftest import drive
 
 NT = "<think></think>"
 
@@ -247,18 +248,6 @@ def make_sample(expected_calls: list[str]) -> Sample:
                                       {"role": "user", "content": "Close the vpn ticket."}],
                   {"initial": INITIAL, "expected": expected})
 
-
-def drive(env, sample, turns):
-    """Run scripted assistant turns through env.step like collect_episodes; returns messages and steps."""
-    messages, steps = list(sample.messages), []
-    for turn in range(env.max_turns):
-        messages.append({"role": "assistant", "content": NT + turns[turn]})
-        step = env.step(sample, messages)
-        steps.append(step)
-        if step.done or turn == env.max_turns - 1:
-            break
-        messages += step.messages
-    return messages, steps
 
 
 def test_search_then_update_episode():

@@ -21,6 +21,7 @@ from cascade_swe.edits import EditError, apply_answer
 from cascade_swe.repos import SweTask, swe_sample
 from cascade_swe.reward import SweTestsReward, change_similarity
 from cascade_swe.testrun import grade, read_report, suite_job
+from conftest import drive
 
 NT = "<think></think>"
 
@@ -306,18 +307,6 @@ def test_agentic_run_tests_answers_a_repeated_state_from_the_cache(monkeypatch):
 
 # ---- agentic -------------------------------------------------------------------------------------
 
-
-def drive(env, sample, turns):
-    """Scripted assistant turns through env.step as collect_episodes runs them; returns messages and steps."""
-    messages, steps = list(sample.messages), []
-    for turn in range(env.max_turns):
-        messages.append({"role": "assistant", "content": NT + turns[turn]})
-        step = env.step(sample, messages)
-        steps.append(step)
-        if step.done or turn == env.max_turns - 1:
-            break
-        messages += step.messages
-    return messages, steps
 
 
 def agentic_sample(task):
