@@ -308,7 +308,6 @@ def test_agentic_run_tests_answers_a_repeated_state_from_the_cache(monkeypatch):
 # ---- agentic -------------------------------------------------------------------------------------
 
 
-
 def agentic_sample(task):
     return swe_sample(task, "swe_agentic", SweAgenticEnvironment.prompt(task), "agentic")
 
