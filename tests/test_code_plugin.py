@@ -193,12 +193,12 @@ HALF = Sample("half", "code", [{"role": "user", "content": "Write a Python progr
     (ADD, "def add(a, b):\n    return float(a + b)", "wrong_answer"),                       # 3.0 is not the int 3
     (ADD, "def add(a, b):\n    print(a + b)", "wrong_answer"),                              # prints instead of returning
     (ADD, "def add(a, b):\n    return 3", "wrong_answer"),                                  # some tests pass, not all
-    (ADD, "def plus(a, b):\n    return a + b", "error"),                                    # wrong name
-    (ADD, "def add(a, b)\n    return a + b", "error"),                                      # syntax error
-    (ADD, "def add(a, b):\n    return a + b + 0 // (a + b)", "error"),                      # raises on one test
-    (ADD, "import sys\nsys.exit(0)\ndef add(a, b):\n    return a + b", "error"),            # exits while loading
+    (ADD, "def plus(a, b):\n    return a + b", "runtime_error"),                                    # wrong name
+    (ADD, "def add(a, b)\n    return a + b", "runtime_error"),                                      # syntax error
+    (ADD, "def add(a, b):\n    return a + b + 0 // (a + b)", "runtime_error"),                      # raises on one test
+    (ADD, "import sys\nsys.exit(0)\ndef add(a, b):\n    return a + b", "runtime_error"),            # exits while loading
     (ADD, "def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    print(add(int(input()), 1))", "passed"),
-    (ADD, "x = bytearray(2 * 1024 ** 3)", "error"),                                        # MemoryError under RLIMIT_AS
+    (ADD, "x = bytearray(2 * 1024 ** 3)", "runtime_error"),                                        # MemoryError under RLIMIT_AS
     (MEAN, "def mean(xs):\n    return sum(xs) / len(xs)", "passed"),
     (MEAN, "def mean(xs):\n    return round(sum(xs) / len(xs), 9)", "passed"),              # within the tolerance
     (MEAN, "def mean(xs):\n    return round(sum(xs) / len(xs), 2)", "wrong_answer"),        # outside it
@@ -209,9 +209,9 @@ HALF = Sample("half", "code", [{"role": "user", "content": "Write a Python progr
     (PRODUCT, "a, b = map(int, input().split())\nprint('result:')\nprint(a * b)", "wrong_answer"),  # extra output
     (PRODUCT, "a, b = map(int, input().split())\nprint(a * b, a)", "wrong_answer"),
     (PRODUCT, "a, b = map(int, input().split())", "wrong_answer"),                          # prints nothing
-    (PRODUCT, "a, b = map(int, input().split())\nprint(a * b)\nimport sys\nsys.exit(1)", "error"),  # non-zero exit
-    (PRODUCT, "print(int(input()) * 2)", "error"),                                          # ValueError: exit 1
-    (PRODUCT, "raise SystemExit('boom')", "error"),
+    (PRODUCT, "a, b = map(int, input().split())\nprint(a * b)\nimport sys\nsys.exit(1)", "runtime_error"),  # non-zero exit
+    (PRODUCT, "print(int(input()) * 2)", "runtime_error"),                                          # ValueError: exit 1
+    (PRODUCT, "raise SystemExit('boom')", "runtime_error"),
     (HALF, "print(int(input()) / 2)", "passed"),
     (HALF, "print(f'{int(input()) / 2:.4f}')", "passed"),                                   # 2.5000: same number
     (HALF, "print(round(int(input()) / 2))", "wrong_answer"),                               # 2 is not 2.5
@@ -226,18 +226,18 @@ def test_right_and_wrong_programs(reward, sample, code, status):
     (ADD, "while True:\n    pass", "timeout"),                                             # CPU limit
     (ADD, "import time\ntime.sleep(60)", "timeout"),                                       # wall clock
     (PRODUCT, "while True:\n    pass", "timeout"),                                         # CPU limit in a test's process
-    (ADD, "import os\nos._exit(0)", "error"),                                              # ends before the harness reports
+    (ADD, "import os\nos._exit(0)", "runtime_error"),                                              # ends before the harness reports
     (PRODUCT, "import os\nprint(6)\nos._exit(0)", "wrong_answer"),                         # its buffered output is lost
-    (ADD, 'print(\'{"cases": [{"value": 3}, {"value": 0}, {"value": 2}]}\')\nprint("all tests passed")', "error"),
-    (ADD, "import json, os\njson.dump({'passed': True}, open('report.json', 'w'))\nos._exit(0)", "error"),
+    (ADD, 'print(\'{"cases": [{"value": 3}, {"value": 0}, {"value": 2}]}\')\nprint("all tests passed")', "runtime_error"),
+    (ADD, "import json, os\njson.dump({'passed': True}, open('report.json', 'w'))\nos._exit(0)", "runtime_error"),
     (ADD, "import json, os\njson.dump({'cases': [{'value': 0}] * 3}, open('report.json', 'w'))\nos._exit(0)", "wrong_answer"),
     (ADD, "import json\ndef add(a, b):\n    return json.load(open('cases.json')).get('expected')", "wrong_answer"),
     (ADD, "H = open('harness.py').read()\ndef add(a, b):\n    return H", "wrong_answer"),
     (PRODUCT, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "crashed"),     # kills the harness
     (PRODUCT, "import ctypes\nctypes.string_at(0)", "crashed"),                            # segfault in a test
     (ADD, "import ctypes\nctypes.string_at(0)", "crashed"),                                # segfault while loading
-    (ADD, "print('x' * 10 ** 6)", "error"),                                                # floods stdout
-    (PRODUCT, "import sys\nsys.stdout.write('x' * 10 ** 7)", "error"),                     # past the 4 MB file limit: EFBIG
+    (ADD, "print('x' * 10 ** 6)", "runtime_error"),                                                # floods stdout
+    (PRODUCT, "import sys\nsys.stdout.write('x' * 10 ** 7)", "runtime_error"),                     # past the 4 MB file limit: EFBIG
 ])
 def test_hostile_programs_score_zero(reward, sample, code, status):
     result = scored(reward, sample, fenced(code))
@@ -252,7 +252,7 @@ def test_answers_without_a_program_score_no_code(reward, answer):
 
 @pytest.mark.parametrize("answer, status", [
     (NT + "def add(a, b):\n    return a + b", "passed"),
-    (NT + "I think you should add a and b.", "error"),  # no fence: the whole answer is the program
+    (NT + "I think you should add a and b.", "runtime_error"),  # no fence: the whole answer is the program
 ])
 def test_an_answer_without_a_fence_runs_whole(reward, answer, status):
     assert scored(reward, ADD, answer).info["status"] == status

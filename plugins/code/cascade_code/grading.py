@@ -74,23 +74,23 @@ def verdict(tests: dict, result: ExecResult, rel_tol: float = 1e-6, abs_tol: flo
     if result.status in ("sandbox_error", "timeout", "crashed"):
         return result.status, 0, result.detail
     if result.status != "passed":
-        return "error", 0, f"the harness exited with {result.returncode}: {_tail(result.stderr)}"
+        return "runtime_error", 0, f"the harness exited with {result.returncode}: {_tail(result.stderr)}"
     if REPORT not in result.files:
-        return "error", 0, "no report: the program ended the process before the harness reported"
+        return "runtime_error", 0, "no report: the program ended the process before the harness reported"
     try:
         report = json.loads(result.files[REPORT])
     except ValueError:
-        return "error", 0, "unreadable report"
+        return "runtime_error", 0, "unreadable report"
     if isinstance(report, dict) and isinstance(report.get("load_error"), str):
-        return "error", 0, report["load_error"]
+        return "runtime_error", 0, report["load_error"]
     cases = report.get("cases") if isinstance(report, dict) else None
     expected = tests["expected"]
     if not isinstance(cases, list) or len(cases) != len(expected) or not all(isinstance(c, dict) for c in cases):
-        return "error", 0, "malformed report"
+        return "runtime_error", 0, "malformed report"
 
     verdicts = [_case(tests["form"], case, want, rel_tol, abs_tol) for case, want in zip(cases, expected)]
     passed = sum(v == "passed" for v in verdicts)
-    for status in ("timeout", "crashed", "error", "wrong_answer"):
+    for status in ("timeout", "crashed", "runtime_error", "wrong_answer"):
         if status in verdicts:
             index = verdicts.index(status)
             return status, passed, f"test {index + 1}: {_describe_case(cases[index])}"
@@ -100,12 +100,12 @@ def verdict(tests: dict, result: ExecResult, rel_tol: float = 1e-6, abs_tol: flo
 def _case(form: str, case: dict, want: Any, rel_tol: float, abs_tol: float) -> str:
     if form == "function":
         if "error" in case:
-            return "error"
+            return "runtime_error"
         return "passed" if "value" in case and same_value(want, case["value"], rel_tol, abs_tol) else "wrong_answer"
     if "signal" in case:
         return "timeout" if case["signal"] in _TIMEOUT_SIGNALS else "crashed"
     if case.get("exit") != 0:
-        return "error"
+        return "runtime_error"
     stdout = case.get("stdout")
     return "passed" if isinstance(stdout, str) and same_stdout(want, stdout, rel_tol, abs_tol) else "wrong_answer"
 

@@ -65,9 +65,10 @@ class CodeTestsReward(Reward):
     """1 if the answer's program passes every hidden test of the sample, else 0.
 
     Each distinct program of the group runs once in the sandbox (a fresh jail per program, through one
-    :class:`SandboxPool` of ``workers``; rollouts that wrote the same program share its run) with small limits. ``info``: ``status``
-    (``passed``, ``wrong_answer``, ``error``, ``timeout``, ``crashed``, ``no_code``, ``sandbox_error``),
-    ``tests_passed``, ``tests`` and a short ``detail``. Never raises.
+    :class:`SandboxPool` of ``workers``; rollouts that wrote the same program share its run) with small
+    limits. ``info``: ``status`` (``passed``, ``wrong_answer``, ``runtime_error``, ``timeout``, ``crashed``,
+    ``no_code``, ``sandbox_error``; ``error`` only for a malformed sample, which GRPO counts as a reward
+    error), ``tests_passed``, ``tests`` and a short ``detail``. Never raises.
     """
 
     def __init__(self, wall_seconds: float = 3.0, cpu_seconds: int = 2, memory_mb: int = 256, workers: int = 2,
