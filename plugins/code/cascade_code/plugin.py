@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from cascade import Environment, Episode, Reward, RewardResult, Sample, hookimpl
-from cascade.environments.generated import NO_THINKING
+from cascade.environments.generated import NO_THINKING, spread
 from cascade.environments.sandbox import Limits, SandboxPool
 from cascade_code.extract import extract_code
 from cascade_code.grading import build_job, verdict
@@ -34,7 +34,7 @@ class CodeEnvironment(Environment):
         generate("train", 0, 0, 1, self.families, self.forms, self.tests)  # bad options fail here, not mid-run
 
     def problems(self, split: str, n: int, seed: int) -> list[CodeProblem]:
-        per_level = [n // len(self.difficulties) + (i < n % len(self.difficulties)) for i in range(len(self.difficulties))]
+        per_level = spread(n, self.difficulties)
         problems: list[CodeProblem] = []
         for level, count in zip(self.difficulties, per_level):
             problems += generate(split, count, seed, level, self.families, self.forms, self.tests)

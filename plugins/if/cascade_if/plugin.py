@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from cascade import Environment, Episode, Reward, RewardResult, Sample, hookimpl
+from cascade.environments.generated import NO_THINKING, spread
 from cascade.rewards.ifeval import MODES, score_response
 from cascade_if.prompts import LEVELS, generate
-
-NO_THINKING = "<think></think>"  # what the non-thinking generation prompt writes before the answer
 
 
 class IFEnvironment(Environment):
@@ -28,7 +27,7 @@ class IFEnvironment(Environment):
         self.instruction_ids = list(instruction_ids) if instruction_ids is not None else None
 
     def prompts(self, split: str, n: int, seed: int):
-        per_level = [n // len(self.difficulties) + (i < n % len(self.difficulties)) for i in range(len(self.difficulties))]
+        per_level = spread(n, self.difficulties)
         prompts = []
         for level, count in zip(self.difficulties, per_level):
             prompts += generate(split, count, seed, level, self.instruction_ids, at_most=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from cascade import Environment, Episode, Reward, RewardResult, Sample, hookimpl
+from cascade.environments.generated import NO_THINKING, spread
 from cascade_math.problems import KINDS, generate, solution
 
 INSTRUCTION = "Put the final answer in \\boxed{}."
-NO_THINKING = "<think></think>"  # what the non-thinking generation prompt writes before the answer
 
 
 class MathEnvironment(Environment):
@@ -25,7 +25,7 @@ class MathEnvironment(Environment):
 
     def problems(self, split: str, n: int, seed: int):
         """Up to ``n`` problems: the easy levels hold only a few hundred distinct questions."""
-        per_level = [n // len(self.difficulties) + (i < n % len(self.difficulties)) for i in range(len(self.difficulties))]
+        per_level = spread(n, self.difficulties)
         problems = []
         for level, count in zip(self.difficulties, per_level):
             problems += generate(split, count, seed, level, self.kinds, at_most=True)
