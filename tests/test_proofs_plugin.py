@@ -12,7 +12,8 @@ import pytest
 from cascade import Episode, Sample
 from cascade.rewards.proofs import check_proof
 from cascade_math_proofs.claims import KINDS, corrupt, generate
-from cascade_math_proofs.judge import JudgeReward, load_judge
+from cascade.rewards.judge import load_judge
+from cascade_math_proofs.judge import JudgeReward
 from cascade_math_proofs.plugin import ProofCheckEnvironment, ProofEnvironment, ProofVerdictReward, parse_verdict
 
 NT = "<think></think>"

@@ -1,10 +1,8 @@
 """A reward that asks a judge model, for proofs outside the checkable format (the paper judges
 natural-language proofs with a model).
 
-The judge is any callable ``prompt -> reply text``: a local model's generate function, an API client, a
-fake in tests. Config names it by import path (``judge: my_package.judges:grade``); with
-``judge_options`` the path names a factory that builds it (``judge: my_package.judges:Judge``,
-``judge_options: {model: ...}``). Nothing is downloaded here.
+The judge is loaded as :mod:`cascade.rewards.judge` describes (a callable ``prompt -> reply text``, or
+its import path).
 
 The judge sees :data:`PROOF_RUBRIC` filled with the problem (the sample's last user message) and the
 final answer (``<think>`` sections removed), and must end its reply with ``Score: N``; the reward is
@@ -15,14 +13,12 @@ judge that raises scores 0 (``error``). Judges that compare the rollouts of a gr
 
 from __future__ import annotations
 
-import importlib
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 from cascade import Episode, Reward, RewardResult
 from cascade.environments.generated import strip_think
-
-Judge = Callable[[str], str]
+from cascade.rewards.judge import Judge, load_judge
 
 PROOF_RUBRIC = """Grade the proof below.
 Problem:
@@ -41,21 +37,6 @@ def parse_score(reply: str, max_score: float) -> float | None:
     if not matches or float(matches[-1]) > max_score:
         return None
     return float(matches[-1]) / max_score
-
-
-def load_judge(judge: Judge | str, judge_options: dict | None = None) -> Judge:
-    """The judge callable: ``judge`` itself, or what its import path ``module:name`` names (called with
-    ``judge_options`` to build it, when given)."""
-    if isinstance(judge, str):
-        module, _, name = judge.partition(":")
-        if not module or not name:
-            raise ValueError(f"judge must be a callable or an import path 'module:name', got {judge!r}")
-        judge = getattr(importlib.import_module(module), name)
-    if judge_options is not None:
-        judge = judge(**judge_options)
-    if not callable(judge):
-        raise TypeError(f"the judge must be callable (prompt -> reply text), got {type(judge).__name__}")
-    return judge
 
 
 class JudgeReward(Reward):
