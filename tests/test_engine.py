@@ -394,3 +394,14 @@ def test_min_best_reward_masks_groups_no_rollout_scores_above(policy, values, ma
     metrics = stage.train_step(1, policy, trainer, Stops(policy), {"sums": [scripted_sample("p", values)]}, filter_context())
     assert metrics["masked_fraction"] == (1.0 if masked else 0.0)
     assert ("skipped_update" in metrics) == masked
+
+
+def test_a_multi_domain_stage_logs_each_domains_reward(policy):
+    config = GRPOStage.Config(prompts_per_step=2, group_size=2, max_new_tokens=2, max_sampling_rounds=1)
+    stage = GRPOStage("multidomain_rl", config, ["sums", "other"])
+    stage.reference = None
+    trainer = Trainer(policy, OptimConfig(lr=0.0), 1)
+    pools = {"sums": [scripted_sample("a", [1.0, 0.0])], "other": [scripted_sample("b", [0.25, 0.25])]}
+    metrics = stage.train_step(1, policy, trainer, Stops(policy), pools, filter_context())
+    assert metrics["reward/sums"] == 0.5 and metrics["reward/other"] == 0.25
+    assert metrics["reward"] == 0.375

@@ -211,6 +211,7 @@ class GRPOStage(Stage):
         # 1. rollouts and rewards, drawing fresh prompts while dynamic filtering leaves the batch short
         kept, stats = [], {"groups": 0, "filtered": 0, "masked": 0, "episodes": 0, "truncated": 0, "reward_sum": 0.0, "correct": 0, "generated": 0}
         statuses: Counter = Counter()
+        domain_rewards: dict[str, list[float]] = {}
         for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_filter else 1):
             need = cfg.prompts_per_step - len(kept)
             if need <= 0:
@@ -228,6 +229,7 @@ class GRPOStage(Stage):
                     stats["truncated"] += sum(e.truncated for e in group)
                     stats["generated"] += sum(e.num_generated for e in group)
                     stats["reward_sum"] += sum(values)
+                    domain_rewards.setdefault(domain, []).extend(values)
                     stats["correct"] += sum(v >= 1.0 for v in values)
                     for e, v in zip(group, values):
                         e.reward = v
@@ -251,6 +253,8 @@ class GRPOStage(Stage):
             "reward_timeouts": float(statuses["timeout"]),
             "rollout_seconds": rollout_seconds,
         }
+        if len(self.domains) > 1:  # which of a multi-domain stage's domains is learning
+            metrics.update({f"reward/{d}": sum(v) / len(v) for d, v in domain_rewards.items()})
         if not kept:  # every group was uniform: nothing to learn from this step, and nothing to update
             metrics["skipped_update"] = 1.0
             return metrics
