@@ -10,6 +10,7 @@ stage from its last step checkpoint.
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class CascadeRunner:
         self.config = config
         self.plugins = plugins
         self.run_dir = Path(run_dir)
+        config.run_dir = str(self.run_dir)  # stage params and reward options may say ${run_dir}/... (a reward model's path)
         self.domains = list(config.cascade.domains)
         self._environments: dict[str, Environment] = {}
         self._rewards: dict[str, Reward] = {}
@@ -72,7 +74,7 @@ class CascadeRunner:
         for domain in domains:
             if domain not in self.domains:
                 raise ConfigError(f"{where}.domains: {unknown_name_message('domain', domain, self.domains)}")
-        options = validate_options(stage_type.Config, spec.params, f"{where}.params")
+        options = validate_options(stage_type.Config, OmegaConf.to_container(spec.params, resolve=True), f"{where}.params")
         stage = stage_type(name, options, domains)
         for wrapper_name, wrapper_options in spec.wrap.items():
             wrap = self._check(lambda: self.plugins.component("wrappers", wrapper_name), f"{where}.wrap").factory
@@ -154,23 +156,30 @@ class CascadeRunner:
         seed_everything(context.seed)
         self.plugins.hook.cascade_stage_start(run=info, stage=stage)
         started = time.time()
-        checkpoint = planned.stage.run(registry.last().checkpoint, context)
+        previous = registry.last()
+        checkpoint = planned.stage.run(previous.checkpoint, context)
         checkpoint.lineage = registry[INIT].checkpoint.lineage
         summary = {"seconds": time.time() - started, "steps": len(context.history)}
         if context.history:
             summary["last"] = context.history[-1]
-        self._finish(info, registry, stage, checkpoint, summary)
+        # a stage that left the policy as it was (a reward model stage) keeps its scores: same weights, same draw
+        self._finish(info, registry, stage, checkpoint, summary, previous if checkpoint.path == previous.checkpoint.path else None)
 
-    def _finish(self, info: RunInfo, registry: Registry, stage: StageInfo, checkpoint: Checkpoint, summary: dict) -> None:
+    def _finish(self, info: RunInfo, registry: Registry, stage: StageInfo, checkpoint: Checkpoint, summary: dict,
+                unchanged: Entry | None = None) -> None:
         self.plugins.hook.cascade_stage_end(run=info, stage=stage, checkpoint=checkpoint, metrics=summary)
-        scores, details = self.evaluate(info, stage, checkpoint)
+        if unchanged is None:
+            scores, details = self.evaluate(info, stage, checkpoint)
+        else:
+            scores, details = dict(unchanged.scores), dict(unchanged.details)
+            self.plugins.hook.cascade_eval_end(run=info, stage=stage, scores=scores, details=details)
         registry.add(Entry(checkpoint, scores, details, summary))
         write_report(self.run_dir, self.config, registry)
 
     def evaluate(self, info: RunInfo, stage: StageInfo, checkpoint: Checkpoint) -> tuple[dict[str, float], dict[str, dict]]:
         self.plugins.hook.cascade_eval_start(run=info, stage=stage, domains=self.domains)
         scores, details = {}, {}
-        for index, domain in enumerate(self.domains):
+        for domain in self.domains:
             options = self.eval_options(domain)
             result = self.plugins.hook.cascade_evaluate(
                 checkpoint=checkpoint,
@@ -178,7 +187,7 @@ class CascadeRunner:
                 environment=self.environment(domain),
                 reward=self.reward(domain),
                 options=options,
-                seed=self.config.seed + 1000 + index,  # the same held-out draw after every stage
+                seed=eval_seed(self.config.seed, domain),
             )
             if result is None:
                 raise ConfigError(f"no plugin can evaluate checkpoint {checkpoint.path} (stage {checkpoint.stage})")
@@ -237,3 +246,9 @@ class CascadeRunner:
                         f"(compare {saved}); start a new run instead"
                     )
         write_text_atomic(saved, OmegaConf.to_yaml(self.config))
+
+
+def eval_seed(seed: int, domain: str) -> int:
+    """The held-out draw of ``domain``: the same after every stage, and in every cascade that has the domain
+    (a function of its name, not of its place in the list), so runs with different domain sets compare."""
+    return seed + 1000 + zlib.crc32(domain.encode()) % 100_000
