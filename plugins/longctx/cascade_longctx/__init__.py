@@ -1,0 +1,1 @@
+"""cascade-longctx: the long-context RL domain of cascade-rl (RULER-style generated tasks)."""
