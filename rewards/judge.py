@@ -4,7 +4,7 @@ load it the same way.
 
 Config names a judge by import path (``judge: my_package.judges:grade``); with ``judge_options`` the
 path names a factory that builds it (``judge: my_package.judges:Judge``, ``judge_options: {model: ...}``).
-Nothing is downloaded here.
+A local causal LM becomes a judge with :class:`HFJudge`. Nothing is downloaded here.
 """
 
 from __future__ import annotations
@@ -28,3 +28,27 @@ def load_judge(judge: Judge | str, judge_options: dict | None = None) -> Judge:
     if not callable(judge):
         raise TypeError(f"the judge must be callable (prompt -> reply text), got {type(judge).__name__}")
     return judge
+
+
+class HFJudge:
+    """A local Hugging Face causal LM as a judge: the prompt (in the tokenizer's chat template, when it has one)
+    answered greedily, the new text returned. ``judge: cascade.rewards.judge:HFJudge, judge_options: {path: DIR}``."""
+
+    def __init__(self, path: str, max_new_tokens: int = 64):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path).eval()
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, prompt: str) -> str:
+        import torch
+
+        if getattr(self.tokenizer, "chat_template", None):
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                        add_generation_prompt=True)
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

@@ -12,7 +12,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -158,6 +158,10 @@ class GRPOStage(Stage):
         prompt_pool: int = 2000
         checkpoint_every: int = 10
         thinking: bool = False
+        reward: str | None = None
+        """Train on this reward instead of each domain's own, which held-out evaluation keeps (RLHF: a learnt
+        reward model here, the domain's gold scorer in evaluation); ``reward_options`` are its options."""
+        reward_options: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, name, config, domains):
         super().__init__(name, config, domains)
@@ -165,6 +169,8 @@ class GRPOStage(Stage):
         """What the update optimises; a wrapper (MOPD) swaps in its own."""
         self.pool_metrics: dict[str, float] = {}
         """Facts about the prompt pools (the prefilter's kept share), logged with every step."""
+        self.training_reward: Reward | None = None
+        """The ``reward`` option's reward, made when the stage runs (its inputs may come from earlier stages)."""
 
     # ---- the stage -------------------------------------------------------------------------------
 
@@ -177,10 +183,20 @@ class GRPOStage(Stage):
         trainer = Trainer(policy, cfg.optim, cfg.steps)
         engine = context.plugins.component("rollout_engines", context.config.rollout.engine).factory(policy, context.config.rollout)
         pools = {d: context.environment(d).samples("train", cfg.prompt_pool, context.seed) for d in self.domains}
-        if cfg.prefilter_samples > 0:
-            pools = {d: self.hard_prompts(d, pool, policy, engine, context) for d, pool in pools.items()}
-        return train_steps(trainer, context, cfg.steps, cfg.checkpoint_every,
-                           lambda n: {**self.train_step(n, policy, trainer, engine, pools, context), **self.pool_metrics})
+        if cfg.reward is not None:
+            self.training_reward = context.plugins.component("rewards", cfg.reward).factory(**cfg.reward_options)
+        try:
+            if cfg.prefilter_samples > 0:
+                pools = {d: self.hard_prompts(d, pool, policy, engine, context) for d, pool in pools.items()}
+            return train_steps(trainer, context, cfg.steps, cfg.checkpoint_every,
+                               lambda n: {**self.train_step(n, policy, trainer, engine, pools, context), **self.pool_metrics})
+        finally:
+            if callable(getattr(self.training_reward, "close", None)):
+                self.training_reward.close()
+
+    def reward(self, domain: str, context) -> Reward:
+        """What the stage trains ``domain`` on: the ``reward`` option's, else the domain's own."""
+        return self.training_reward if self.training_reward is not None else context.reward(domain)
 
     def hard_prompts(self, domain: str, pool: list, policy: Policy, engine, context) -> list:
         """The pool without the prompts the starting policy always solves (``prefilter_samples`` rollouts each).
@@ -190,7 +206,7 @@ class GRPOStage(Stage):
         n = cfg.prefilter_samples
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, n, seed=context.seed)
         episodes = collect_episodes(engine, policy, context.environment(domain), pool, params, cfg.thinking)
-        reward = context.reward(domain)
+        reward = self.reward(domain, context)
         kept = []
         for i, sample in enumerate(pool):
             group = episodes[i * n:(i + 1) * n]
@@ -217,7 +233,7 @@ class GRPOStage(Stage):
             if need <= 0:
                 break
             for domain, samples in self.draw(pools, need, context.seed, step, round_).items():
-                env, reward = context.environment(domain), context.reward(domain)
+                env, reward = context.environment(domain), self.reward(domain, context)
                 episodes = collect_episodes(engine, policy, env, samples, params, cfg.thinking)
                 for g in range(len(samples)):
                     group = episodes[g * cfg.group_size:(g + 1) * cfg.group_size]

@@ -1,0 +1,1 @@
+"""cascade-rlhf: the RLHF domain of cascade-rl (a learnt reward model, a pairwise judge, a gold rubric)."""

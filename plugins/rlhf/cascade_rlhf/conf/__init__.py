@@ -1,0 +1,1 @@
+"""Config presets of cascade-rlhf: ``domain=rlhf``, ``stage=reward_model``, ``stage=rlhf``."""
