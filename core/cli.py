@@ -2,7 +2,7 @@
 
     cascade train [HYDRA OVERRIDES...]   run a cascade (a Hydra app: -m sweeps, --cfg job, ...)
     cascade plugins [--json]             every plugin, its version and what it provides
-    cascade report RUN_DIR               rebuild report.json / report.md of a run
+    cascade report RUN_DIR               rebuild report.json / report.md / figures/*.png of a run
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _provider_hook_names() -> set[str]:
 
 
 def rebuild_report(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cascade report", description="Rebuild the report of a run.")
+    parser = argparse.ArgumentParser(prog="cascade report", description="Rebuild the report of a run (report.json, report.md and its figures).")
     parser.add_argument("run_dir", type=Path)
     opts = parser.parse_args(args)
     from cascade.report import rebuild

@@ -1,8 +1,10 @@
-"""``report.json`` (for machines) and ``report.md`` (for people) in the run directory."""
+"""``report.json`` (for machines) and ``report.md`` (for people, with the pictures of ``figures/``) in the
+run directory."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from cascade.io import write_json_atomic, write_text_atomic
 from cascade.registry import Registry
+
+log = logging.getLogger(__name__)
+FIGURE_CAPTIONS = {
+    "cascade": "Held-out score per domain after each stage",
+    "gains": "Change from the previous stage per domain",
+    "training": "Training curves per stage",
+}
 
 
 def write_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[str, Any]:
@@ -32,8 +41,21 @@ def write_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[
         "config": OmegaConf.to_container(config, resolve=True),
     }
     write_json_atomic(Path(run_dir) / "report.json", report)
-    write_text_atomic(Path(run_dir) / "report.md", render_markdown(report))
+    figures = draw_figures(Path(run_dir), report)
+    write_text_atomic(Path(run_dir) / "report.md", render_markdown(report, figures))
     return report
+
+
+def draw_figures(run_dir: Path, report: dict[str, Any]) -> dict[str, str]:
+    """``figures/*.png`` for report.md (name -> relative path of those drawn). A picture is never worth a
+    failed run: any error is logged and the report is written without it."""
+    try:
+        from cascade.figures import draw_all  # matplotlib loads only when a report is written
+
+        return draw_all(run_dir, report)
+    except Exception:
+        log.warning("cascade: could not draw the figures of %s", run_dir, exc_info=True)
+        return {}
 
 
 def gains(matrix: dict[str, dict[str, float]], domains: list[str]) -> dict[str, dict[str, float]]:
@@ -57,7 +79,9 @@ def best_scores(matrix: dict[str, dict[str, float]], domains: list[str]) -> dict
     return best
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any], figures: dict[str, str] | None = None) -> str:
+    """``figures``: name -> path relative to the run directory of the pictures to embed."""
+    figures = figures or {}
     domains = report["domains"]
     status = "complete" if report["complete"] else "incomplete (resume with `resume=true`)"
     lines = [f"# Cascade `{report['cascade']}`", "", f"Run directory: `{report['run_dir']}` ({status})", "",
@@ -67,13 +91,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = []
         for d in domains:
             delta = report["gains"].get(stage, {}).get(d)
+            if d not in scores:  # a domain added to the cascade after this stage ran
+                cells.append("n/a")
+                continue
             cells.append(f"{scores[d]:.3f}" + (f" ({delta:+.3f})" if delta is not None else ""))
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {report['seconds'].get(stage, 0.0):.1f} |")
-    lines += ["", "In parentheses: change from the previous stage (negative = forgetting).", "",
-              "## Latest against best per domain", "", "| domain | best stage | best | latest | gap |", "|---|---|---:|---:|---:|"]
+    lines += ["", "In parentheses: change from the previous stage (negative = forgetting).", ""]
+    lines += [line for name in ("cascade", "gains") if name in figures
+              for line in (f"![{FIGURE_CAPTIONS[name]}]({figures[name]})", "")]
+    lines += ["## Latest against best per domain", "", "| domain | best stage | best | latest | gap |", "|---|---|---:|---:|---:|"]
     for d, best in report["best"].items():
         lines.append(f"| {d} | {best['stage']} | {best['score']:.3f} | {best['latest']:.3f} | {best['gap']:+.3f} |")
     lines += ["", "## Stages", ""]
+    if "training" in figures:
+        lines += [f"![{FIGURE_CAPTIONS['training']}]({figures['training']})", ""]
     for stage in report["stages"]:
         last = stage["metrics"].get("last", {})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, (int, float)) and k != "step")
