@@ -2,7 +2,7 @@
 
 The YAML groups in ``conf/`` (and in plugins' config search paths) fill these dataclasses::
 
-    cascade train cascade=smoke seed=3 cascade.stages.math_grpo.params.lr=1e-6
+    cascade train cascade=math seed=3 cascade.stages.math_grpo.params.lr=1e-6
     cascade train -m cascade.stages.math_grpo.params.lr=1e-6,3e-6      # a sweep: one run per value
 
 Options of a stage type (``params``), an environment or a reward are the plugin's own; they are
@@ -12,6 +12,7 @@ checked against the plugin's ``Config`` dataclass when the runner builds the cas
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -132,6 +133,12 @@ def describe_error(exc: BaseException, schema: type | None = None) -> str:
         if not isinstance(err, OmegaConfBaseException) or not full_key:
             continue
         message = str(getattr(err, "msg", err)).splitlines()[0]
+        typed = re.search(r"is not a subclass of (StageConfig|DomainConfig)", message)
+        if typed:  # `+cascade.stages.NEW.type=...`: OmegaConf builds a typed node whole, never key by key
+            group = "stage" if typed.group(1) == "StageConfig" else "domain"
+            return (f"cannot build the new {group} '{full_key}' key by key; add it from a preset, "
+                    f"'+{group}@cascade.{group}s.{full_key}=PRESET', then override its keys "
+                    f"(`cascade plugins` lists the presets' search paths)")
         parts = str(full_key).split(".")
         bad, parent = parts[-1], parts[:-1]
         valid = valid_keys(schema or AppConfig, parent)

@@ -25,6 +25,8 @@ def plan(tmp_path, *overrides):
         ("seed=abc", "bad value for 'seed': Value 'abc' of type 'str' could not be converted to Integer"),
         ("cascade.stages.learn_add.params.stepz=3", "to add it, write '+cascade.stages.learn_add.params.stepz=...'"),
         ("cascade=nope", "Could not find 'cascade/nope'"),
+        ("+cascade.stages.extra.type=sft", "cannot build the new stage 'extra' key by key; add it from a preset, '+stage@cascade.stages.extra=PRESET'"),
+        ("+cascade.domains.extra.environment=sums", "cannot build the new domain 'extra' key by key"),
     ],
 )
 def test_cli_config_errors_name_the_key(fresh_cli, toy_env, capsys, tmp_path, monkeypatch, override, message):
@@ -79,19 +81,23 @@ def test_hydra_flags_work_after_overrides(fresh_cli, toy_env, capsys, tmp_path, 
     assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
 
 
-def test_default_and_smoke_cascades_compose():
+def test_default_smoke_and_math_cascades_compose():
     """The embedded default holds the bundled domains in the paper's stage order on the full-width model;
-    smoke narrows it to math on the half-width model."""
+    smoke runs the same stages on the half-width model; math narrows to math SFT and GRPO."""
     searchpaths = PluginManager().load().config_searchpaths()
     default = compose([], searchpaths)
-    assert list(default.cascade.domains) == ["math", "if", "mcq", "structured", "workplace", "code", "swe_agentless",
-                                             "swe_agentic"]
-    assert list(default.cascade.stages) == ["sft", "math_grpo", "if_rl", "multidomain_rl", "mopd", "code_rl",
-                                            "swe_agentless", "swe_agentic"]
-    assert list(default.cascade.stages.mopd.domains) == ["math", "if", "mcq", "structured", "workplace"]
+    domains = ["if", "mcq", "structured", "workplace", "rlhf", "longctx", "code", "swe_agentless", "swe_agentic"]
+    stages = ["sft", "if_rl", "multidomain_rl", "mopd", "reward_model", "rlhf", "longctx_rl", "code_rl", "swe_agentless",
+              "swe_agentic"]
+    assert list(default.cascade.domains) == domains and list(default.cascade.stages) == stages
+    assert list(default.cascade.stages.mopd.domains) == ["if", "mcq", "structured", "workplace"]
+    assert default.cascade.stages.rlhf.params.kl_coef == 0.03
     assert default.model.options.hidden_size == 256
     smoke = compose(["cascade=smoke"], searchpaths)
-    assert smoke.cascade.name == "smoke" and list(smoke.cascade.stages) == ["sft", "math_grpo"]
-    assert list(smoke.cascade.domains) == ["math"]
-    assert smoke.model.options.hidden_size == 128
+    assert smoke.cascade.name == "smoke" and list(smoke.cascade.stages) == stages
+    assert list(smoke.cascade.domains) == domains and smoke.model.options.hidden_size == 128
+    math = compose(["cascade=math"], searchpaths)
+    assert math.cascade.name == "math" and list(math.cascade.stages) == ["sft", "math_grpo"]
+    assert list(math.cascade.domains) == ["math"]
+    assert math.model.options.hidden_size == 128
 
