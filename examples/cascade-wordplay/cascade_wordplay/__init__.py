@@ -1,0 +1,1 @@
+"""cascade-wordplay: an example third-party cascade-rl plugin (word games as an RL domain)."""

@@ -1,0 +1,1 @@
+"""Config presets (domain/, stage/, cascade/), found by Hydra as ``pkg://cascade_wordplay.conf``."""
