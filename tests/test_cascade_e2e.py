@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cascade
 
 TINY = [
-    "cascade=smoke",
+    "cascade=math",
     "loggers=[]",
     "eval.n=12",
     "eval.max_new_tokens=24",

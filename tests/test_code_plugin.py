@@ -320,7 +320,7 @@ def test_plugin_is_registered_with_its_presets():
     plugins = PluginManager().load()
     assert "code" in plugins.components["environments"] and "code_tests" in plugins.components["rewards"]
     assert "pkg://cascade_code.conf" in plugins.config_searchpaths()
-    cfg = to_container(compose(["cascade=smoke", "+domain@cascade.domains.code=code", "+stage@cascade.stages.code_rl=code_rl"],
+    cfg = to_container(compose(["cascade=math", "+domain@cascade.domains.code=code", "+stage@cascade.stages.code_rl=code_rl"],
                                plugins.config_searchpaths()))["cascade"]
     domain, stage = cfg["domains"]["code"], cfg["stages"]["code_rl"]
     assert domain["environment"] == "code" and domain["reward"] == "code_tests"

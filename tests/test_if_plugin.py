@@ -139,7 +139,7 @@ def test_plugin_is_registered_with_its_presets():
     plugins = PluginManager().load()
     assert "if" in plugins.components["environments"] and "if_verify" in plugins.components["rewards"]
     assert "pkg://cascade_if.conf" in plugins.config_searchpaths()
-    cfg = to_container(compose(["cascade=smoke", "+domain@cascade.domains.if=if", "+stage@cascade.stages.if_rl=if_rl"],
+    cfg = to_container(compose(["cascade=math", "+domain@cascade.domains.if=if", "+stage@cascade.stages.if_rl=if_rl"],
                                plugins.config_searchpaths()))["cascade"]
     domain, stage = cfg["domains"]["if"], cfg["stages"]["if_rl"]
     assert domain["environment"] == "if" and domain["reward"] == "if_verify"

@@ -307,7 +307,7 @@ def test_plugin_is_registered_with_its_presets(tmp_path):
 
     plugins = PluginManager().load()
     assert "longctx" in plugins.components["environments"] and "longctx_match" in plugins.components["rewards"]
-    config = compose(["cascade=smoke", "loggers=[]", "+domain@cascade.domains.longctx=longctx",
+    config = compose(["cascade=math", "loggers=[]", "+domain@cascade.domains.longctx=longctx",
                       "+stage@cascade.stages.longctx_rl=longctx_rl"], plugins.config_searchpaths())
     runner = CascadeRunner(config, plugins, tmp_path)  # checks every name and the stage's params
     cfg = to_container(config)["cascade"]

@@ -110,7 +110,7 @@ def test_registry_rules(tmp_path):
 
 
 TINY = [
-    "cascade=smoke", "loggers=[]", "eval.n=8", "eval.max_new_tokens=16",
+    "cascade=math", "loggers=[]", "eval.n=8", "eval.max_new_tokens=16",
     "cascade.domains.math.environment_options.difficulties=[1]",
     "cascade.stages.sft.params.steps=3", "cascade.stages.sft.params.rows_per_step=2", "cascade.stages.sft.params.micro_rows=2",
     "cascade.stages.sft.params.seq_len=256", "cascade.stages.sft.params.demonstrations_per_domain=40",

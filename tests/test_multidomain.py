@@ -363,7 +363,7 @@ def test_presets_compose_and_plugin_registers():
 
     plugins = PluginManager().load()
     assert "pkg://cascade_multidomain.conf" in plugins.config_searchpaths()
-    cfg = compose(["cascade=smoke", "+domain@cascade.domains.mcq=mcq", "+domain@cascade.domains.structured=structured",
+    cfg = compose(["cascade=math", "+domain@cascade.domains.mcq=mcq", "+domain@cascade.domains.structured=structured",
                    "+domain@cascade.domains.workplace=workplace", "+stage@cascade.stages.multidomain_rl=multidomain_rl"],
                   plugins.config_searchpaths())
     stage = cfg.cascade.stages.multidomain_rl

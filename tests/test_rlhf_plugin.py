@@ -106,17 +106,27 @@ def test_gold_score_weighs_the_rules(response, value):
     assert gold_score(response, GREET) == pytest.approx(value)
 
 
-def test_splits_are_disjoint_seeded_and_demonstrations_are_perfect():
+def test_splits_are_disjoint_and_seeded():
     train, test = prompts("train", 2000, 0), prompts("test", 2000, 0)
     assert len(test) > 150 and not {p.text for p in train} & {p.text for p in test}
     assert [p.text for p in prompts("test", 20, 3)] == [p.text for p in prompts("test", 20, 3)]
-    env = environment()
-    assert {s.meta["kind"] for s in env.samples("test", 100, 0)} == {"greet", "thanks", "sum", "color", "list"}
-    reward = GoldRubricReward()
-    for demo, sample in zip(env.demonstrations(200, 0), env.samples("train", 200, 1)):
+    assert {s.meta["kind"] for s in environment().samples("test", 100, 0)} == {"greet", "thanks", "sum", "color", "list"}
+
+
+@pytest.mark.parametrize("flawed", [0.0, 0.5, 1.0])
+def test_demonstrations_answer_and_a_share_of_them_has_a_style_flaw(flawed):
+    """Flawed demonstrations break politeness, concision or repetition, never the answer itself."""
+    env, reward = ChatEnvironment(flawed_demonstrations=flawed), GoldRubricReward()
+    values = []
+    for demo, sample in zip(env.demonstrations(400, 0), env.samples("train", 400, 1)):
         assert demo[0] == sample.messages[0] and demo[1]["content"].startswith(NT)
-        assert len(demo[1]["content"].split()) <= MAX_WORDS
-        assert reward.score([episode(sample.answer, demo[1]["content"][len(NT):])])[0].value == 1.0
+        result = reward.score([episode(sample.answer, demo[1]["content"][len(NT):])])[0]
+        assert result.info["rules"]["answers"]
+        values.append(result.value)
+    share_flawed = sum(v < 1.0 for v in values) / len(values)
+    assert abs(share_flawed - flawed) < 0.08
+    with pytest.raises(ValueError, match="flawed_demonstrations"):
+        ChatEnvironment(flawed_demonstrations=1.5)
 
 
 @pytest.mark.parametrize("corruption, rule", [
@@ -155,7 +165,7 @@ def test_bradley_terry_training_learns_the_preferences_and_round_trips(policy_ch
     saved HF directory, loaded by the reward, gives the same scores."""
     torch.manual_seed(0)
     config = RewardModelStage.Config(
-        output=str(tmp_path / "rm"), init="scratch", train_pairs=600, eval_pairs=120, steps=40, batch_size=16,
+        output=str(tmp_path / "rm"), init="scratch", train_pairs=600, eval_pairs=120, steps=60, batch_size=16,
         eval_every=20, scratch_options={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                                         "intermediate_size": 128})
     config.optim.lr = 1e-3
@@ -163,7 +173,7 @@ def test_bradley_terry_training_learns_the_preferences_and_round_trips(policy_ch
     result = RewardModelStage("reward_model", config, ["rlhf"]).run(policy_checkpoint, context)
     assert (result.stage, result.path) == ("reward_model", policy_checkpoint.path)   # the policy is left alone
     assert result.meta["reward_model"] == str(tmp_path / "rm")
-    assert [row["step"] for row in logged] == list(range(1, 41)) and "eval_pair_accuracy" in logged[19]
+    assert [row["step"] for row in logged] == list(range(1, 61)) and "eval_pair_accuracy" in logged[19]
     assert logged[-1]["eval_pair_accuracy"] == result.meta["eval_pair_accuracy"] >= 0.7
     assert logged[-1]["loss"] < logged[0]["loss"]
 
@@ -307,9 +317,10 @@ RLHF = ["+domain@cascade.domains.rlhf=rlhf", "+stage@cascade.stages.reward_model
 
 
 def test_presets_compose_and_plan(tmp_path):
+    """As the default cascade has them."""
     plugins = PluginManager().load()
     assert "pkg://cascade_rlhf.conf" in plugins.config_searchpaths()
-    config = compose([*RLHF, "cascade.order=[sft,reward_model,rlhf]", "loggers=[]"], plugins.config_searchpaths())
+    config = compose(["cascade.order=[sft,reward_model,rlhf]", "loggers=[]"], plugins.config_searchpaths())
     runner = CascadeRunner(config, plugins, tmp_path)     # plans: every name and option checked
     stages = {p.name: p for p in runner.plan}
     rm, rlhf = stages["reward_model"].stage, stages["rlhf"].stage
@@ -319,7 +330,7 @@ def test_presets_compose_and_plan(tmp_path):
     assert rlhf.config.max_new_tokens == 64 and rlhf.domains == ["rlhf"]
     assert config.cascade.domains.rlhf.reward == "rlhf_gold"          # held-out evaluation: the gold rubric
     assert isinstance(runner.reward("rlhf"), GoldRubricReward)
-    typo = compose([*RLHF, "+cascade.stages.reward_model.params.stepz=3", "loggers=[]"], plugins.config_searchpaths())
+    typo = compose(["+cascade.stages.reward_model.params.stepz=3", "loggers=[]"], plugins.config_searchpaths())
     with pytest.raises(ConfigError, match=r"reward_model.params: unknown config key 'stepz'; did you mean 'steps'\?"):
         CascadeRunner(typo, plugins, tmp_path)
 
@@ -340,7 +351,7 @@ def test_reward_model_then_rlhf_cascade(tmp_path, monkeypatch):
     rubric, and the reward model stage keeps the previous scores without evaluating again."""
     plugins = PluginManager().load()
     config = compose([
-        "cascade=smoke", "~cascade.domains.math", *RLHF, "cascade.order=[reward_model,rlhf]", "loggers=[]",
+        "cascade=math", "~cascade.domains.math", *RLHF, "cascade.order=[reward_model,rlhf]", "loggers=[]",
         "model.options.vocab_size=400", "model.options.hidden_size=64", "cascade.domains.rlhf.eval.n=12", "cascade.domains.rlhf.eval.max_new_tokens=16",
         "cascade.stages.reward_model.params.init=scratch", "cascade.stages.reward_model.params.steps=10",
         "cascade.stages.reward_model.params.train_pairs=100", "cascade.stages.reward_model.params.eval_pairs=20",

@@ -406,7 +406,7 @@ def test_presets_compose_and_plugin_registers(tmp_path):
     plugins = PluginManager().load()
     assert "pkg://cascade_swe.conf" in plugins.config_searchpaths()
     assert plugins.component("environments", "swe_agentic").factory is SweAgenticEnvironment
-    cfg = compose(["cascade=smoke", "+domain@cascade.domains.swe_agentless=swe_agentless",
+    cfg = compose(["cascade=math", "+domain@cascade.domains.swe_agentless=swe_agentless",
                    "+domain@cascade.domains.swe_agentic=swe_agentic",
                    "+stage@cascade.stages.swe_agentless=swe_agentless", "+stage@cascade.stages.swe_agentic=swe_agentic"],
                   plugins.config_searchpaths())

@@ -214,6 +214,8 @@ def _wrong(text: str, answer: dict, rng: random.Random) -> str:
 CORRUPTIONS: dict[str, Callable[[str, dict, random.Random], str]] = {
     "rude": _rude, "too_long": _too_long, "repeated": _repeated, "off_topic": _off_topic, "wrong": _wrong,
 }
+STYLE_FLAWS = {name: CORRUPTIONS[name] for name in ("rude", "too_long", "repeated")}
+"""The corruptions that spoil an answer's form, not its content (the flawed SFT demonstrations)."""
 
 
 def candidate(answer: dict[str, Any], rng: random.Random, corruptions: int) -> str:

@@ -17,11 +17,21 @@ from typing import Sequence
 
 from cascade import Environment, Episode, Reward, RewardResult, Sample, hookimpl
 from cascade.environments.generated import NO_THINKING, item_id
-from cascade_rlhf.chat import PreferencePair, gold_score, good_answer, preference_pairs, prompts, rubric
+from cascade_rlhf.chat import STYLE_FLAWS, PreferencePair, gold_score, good_answer, preference_pairs, prompts, rubric
 
 
 class ChatEnvironment(Environment):
-    """Single-turn short chat requests (greet, thank, add, name a color, list items)."""
+    """Single-turn short chat requests (greet, thank, add, name a color, list items).
+
+    Like real SFT data, the demonstrations are of mixed quality: a ``flawed_demonstrations`` share of them is
+    rude, too long or repeated (:data:`cascade_rlhf.chat.STYLE_FLAWS`), never wrong. The SFT policy copies
+    those habits; the gold rubric marks them down, and RLHF has something a reward model can learn to remove.
+    """
+
+    def __init__(self, flawed_demonstrations: float = 0.5):
+        if not 0.0 <= flawed_demonstrations <= 1.0:
+            raise ValueError(f"flawed_demonstrations must be within [0, 1], got {flawed_demonstrations!r}")
+        self.flawed_demonstrations = flawed_demonstrations
 
     def samples(self, split, n, seed):
         return [Sample(id=item_id("rlhf", p.text), domain=self.domain, messages=[{"role": "user", "content": p.text}],
@@ -30,8 +40,14 @@ class ChatEnvironment(Environment):
 
     def demonstrations(self, n, seed):
         rng = random.Random(f"rlhf-demos/{seed}")
-        return [[{"role": "user", "content": p.text}, {"role": "assistant", "content": NO_THINKING + good_answer(p.answer, rng)}]
+        return [[{"role": "user", "content": p.text}, {"role": "assistant", "content": NO_THINKING + self.demonstration(p.answer, rng)}]
                 for p in prompts("train", n, seed + 1)]
+
+    def demonstration(self, answer: dict, rng: random.Random) -> str:
+        text = good_answer(answer, rng)
+        if rng.random() < self.flawed_demonstrations:
+            text = STYLE_FLAWS[rng.choice(sorted(STYLE_FLAWS))](text, answer, rng)
+        return text
 
     def preference_pairs(self, split: str, n: int, seed: int) -> list[PreferencePair]:
         """``n`` (chosen, rejected) pairs over ``split``'s prompts, labelled by the gold rubric."""
