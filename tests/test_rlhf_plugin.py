@@ -129,6 +129,16 @@ def test_demonstrations_answer_and_a_share_of_them_has_a_style_flaw(flawed):
         ChatEnvironment(flawed_demonstrations=1.5)
 
 
+def test_demonstration_flaws_choose_the_habits():
+    env, reward = ChatEnvironment(flawed_demonstrations=1.0, demonstration_flaws=["too_long"]), GoldRubricReward()
+    for demo, sample in zip(env.demonstrations(100, 0), env.samples("train", 100, 1)):
+        rules = reward.score([episode(sample.answer, demo[1]["content"][len(NT):])])[0].info["rules"]
+        assert rules == {"answers": True, "polite": True, "concise": False, "no_repetition": True}
+    for bad in (["wrong"], []):
+        with pytest.raises(ValueError, match="demonstration_flaws must be a non-empty subset of"):
+            ChatEnvironment(demonstration_flaws=bad)
+
+
 @pytest.mark.parametrize("corruption, rule", [
     ("rude", "polite"), ("too_long", "concise"), ("repeated", "no_repetition"), ("off_topic", "answers"), ("wrong", "answers"),
 ])

@@ -23,15 +23,20 @@ from cascade_rlhf.chat import STYLE_FLAWS, PreferencePair, gold_score, good_answ
 class ChatEnvironment(Environment):
     """Single-turn short chat requests (greet, thank, add, name a color, list items).
 
-    Like real SFT data, the demonstrations are of mixed quality: a ``flawed_demonstrations`` share of them is
-    rude, too long or repeated (:data:`cascade_rlhf.chat.STYLE_FLAWS`), never wrong. The SFT policy copies
-    those habits; the gold rubric marks them down, and RLHF has something a reward model can learn to remove.
+    Like real SFT data, the demonstrations are of mixed quality: a ``flawed_demonstrations`` share of them has
+    one of the ``demonstration_flaws`` (rude, too long or repeated: :data:`cascade_rlhf.chat.STYLE_FLAWS`), never
+    a wrong answer. The SFT policy copies those habits; the gold rubric marks them down, and RLHF has
+    something a reward model can learn to remove.
     """
 
-    def __init__(self, flawed_demonstrations: float = 0.5):
+    def __init__(self, flawed_demonstrations: float = 0.5, demonstration_flaws: Sequence[str] = tuple(STYLE_FLAWS)):
         if not 0.0 <= flawed_demonstrations <= 1.0:
             raise ValueError(f"flawed_demonstrations must be within [0, 1], got {flawed_demonstrations!r}")
+        unknown = sorted(set(demonstration_flaws) - set(STYLE_FLAWS))
+        if unknown or not demonstration_flaws:
+            raise ValueError(f"demonstration_flaws must be a non-empty subset of {sorted(STYLE_FLAWS)}, got {list(demonstration_flaws)}")
         self.flawed_demonstrations = flawed_demonstrations
+        self.demonstration_flaws = sorted(demonstration_flaws)
 
     def samples(self, split, n, seed):
         return [Sample(id=item_id("rlhf", p.text), domain=self.domain, messages=[{"role": "user", "content": p.text}],
@@ -46,7 +51,7 @@ class ChatEnvironment(Environment):
     def demonstration(self, answer: dict, rng: random.Random) -> str:
         text = good_answer(answer, rng)
         if rng.random() < self.flawed_demonstrations:
-            text = STYLE_FLAWS[rng.choice(sorted(STYLE_FLAWS))](text, answer, rng)
+            text = STYLE_FLAWS[rng.choice(self.demonstration_flaws)](text, answer, rng)
         return text
 
     def preference_pairs(self, split: str, n: int, seed: int) -> list[PreferencePair]:
