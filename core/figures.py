@@ -33,10 +33,12 @@ log = logging.getLogger(__name__)
 
 FIGURE_DIR = "figures"
 DPI = 110
-# Okabe-Ito (colour-blind safe) with its yellow, faint on white, swapped for Tol's wine. A marker per
-# domain too, so lines stay apart in grey print and for the colours a reader cannot tell apart.
-COLOURS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#882255"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+# Okabe-Ito (colour-blind safe) with its yellow, faint on white, swapped for Tol's wine, then Tol's olive,
+# grey and indigo for cascades of more than eight domains. A marker per domain too, so lines stay apart in
+# grey print and for the colours a reader cannot tell apart.
+COLOURS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#882255", "#999933",
+           "#888888", "#332288"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "p", "<"]
 SECONDARY_COLOUR = "#D55E00"
 # training panels, in inches: fixed sizes instead of constrained layout, which took 2/3 of the drawing time
 PANEL = (2.55, 1.85)
