@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from cascade.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +172,11 @@ def draw_training(run_dir: Path, report: dict[str, Any]) -> Figure | None:
     types = {s["name"]: s["type"] for s in report["stages"]}
     for ax, (directory, history) in zip(axes, histories):
         number, _, name = directory.partition("_")
-        attempt = last_attempt(history)
+        starts = attempt_starts(history)  # only the last attempt made the checkpoint
         notes = [types.get(name, "?")] + ([] if name in report["scores"] else ["unfinished"])
-        notes += [f"last of {restarts(history) + 1} attempts"] if len(attempt) < len(history) else []
+        notes += [f"last of {len(starts)} attempts"] if len(starts) > 1 else []
         ax.set_title(f"{int(number)}. {name} ({', '.join(notes)})", loc="left", fontsize=10)
-        plot_stage(ax, attempt, report["domains"])
+        plot_stage(ax, history[starts[-1]:], report["domains"])
     for ax in axes[len(histories):]:  # the grid's empty cells
         ax.set_visible(False)
     figure.text(0.01, 1 - 0.1 / figure.get_figheight(), "Training curves per stage", va="top", fontsize=11)
@@ -211,17 +212,11 @@ def read_history(path: Path) -> Rows:
     return [row for row in rows if isinstance(row, dict)]
 
 
-def last_attempt(history: Rows) -> Rows:
-    """The rows after the last time the step counter went back: a stage restarted from scratch (e.g. stopped
-    and resumed with other settings) appends a new attempt, and only the last one made the checkpoint."""
+def attempt_starts(history: Rows) -> list[int]:
+    """Where each attempt of a stage begins: row 0, then every row whose step counter went back (a stage
+    restarted from scratch, e.g. stopped and resumed with other settings, appends a new attempt)."""
     steps = [row.get("step") for row in history]
-    starts = [i for i in range(1, len(steps)) if is_before(steps[i], steps[i - 1])]
-    return history[starts[-1]:] if starts else history
-
-
-def restarts(history: Rows) -> int:
-    steps = [row.get("step") for row in history]
-    return sum(is_before(b, a) for a, b in zip(steps, steps[1:]))
+    return [0] + [i for i in range(1, len(steps)) if is_before(steps[i], steps[i - 1])]
 
 
 def is_before(step: Any, previous: Any) -> bool:
@@ -340,7 +335,4 @@ def save_png(figure: Figure, path: Path) -> None:
     """Written whole or not at all (a markdown viewer open on the report never sees half a PNG)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, facecolor="white")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())

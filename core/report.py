@@ -23,10 +23,19 @@ FIGURE_CAPTIONS = {
 
 def write_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[str, Any]:
     """Written after every stage; ``complete`` turns true when every planned stage is done."""
+    report = build_report(run_dir, config, registry)
+    write_json_atomic(Path(run_dir) / "report.json", report)
+    figures = draw_figures(Path(run_dir), report)
+    write_text_atomic(Path(run_dir) / "report.md", render_markdown(report, figures))
+    return report
+
+
+def build_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[str, Any]:
+    """What ``report.json`` holds, for the registry as it is."""
     matrix = registry.scores_matrix()
     domains = list(config.cascade.domains)
     plan = planned_stages(config)
-    report = {
+    return {
         "cascade": config.cascade.name,
         "complete": all(p["name"] in registry for p in plan),
         "run_dir": str(run_dir),
@@ -40,10 +49,6 @@ def write_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[
         "seconds": {s: e.metrics.get("seconds", 0.0) for s, e in registry.entries.items()},
         "config": OmegaConf.to_container(config, resolve=True),
     }
-    write_json_atomic(Path(run_dir) / "report.json", report)
-    figures = draw_figures(Path(run_dir), report)
-    write_text_atomic(Path(run_dir) / "report.md", render_markdown(report, figures))
-    return report
 
 
 def draw_figures(run_dir: Path, report: dict[str, Any]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from cascade.context import RunInfo, StageContext, StageInfo, seed_everything
 from cascade.io import write_text_atomic
 from cascade.plugins import PluginManager, UnknownComponentError, unknown_name_message
 from cascade.registry import Entry, Registry
-from cascade.report import write_report
+from cascade.report import build_report, write_report
 from cascade.types import Checkpoint, Environment, Reward, Stage
 
 INIT = "init"
@@ -112,7 +112,8 @@ class CascadeRunner:
                 if planned.name in registry:
                     continue
                 self._run_stage(info, registry, index, planned)
-            report = write_report(self.run_dir, self.config, registry)
+            # every stage (and init) wrote the report as it finished: the files are current, only the data is needed
+            report = build_report(self.run_dir, self.config, registry)
             self.plugins.hook.cascade_run_end(run=info, report=report)
             return report
         finally:

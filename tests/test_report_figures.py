@@ -136,7 +136,7 @@ def test_curves_are_smoothed_over_known_steps_and_restarts_keep_the_last_attempt
     averaged = figures.moving_average(np.array([1.0, math.nan, 3.0, 5.0]), window=2)
     assert averaged[0] == 1.0 and averaged[1] == 1.0 and averaged[2] == 3.0 and averaged[3] == 4.0
     rows = [{"step": s} for s in (1, 2, 3, 1, 2)]
-    assert figures.last_attempt(rows) == rows[3:]
+    assert figures.attempt_starts(rows) == [0, 3]  # the last attempt: rows[3:]
     assert figures.curve_keys(HISTORIES["math_rl"]) == (["reward"], "entropy")  # accuracy = reward, no KL
     assert figures.curve_keys(HISTORIES["mopd"]) == (["reverse_kl/math", "reverse_kl/if"], None)
     assert figures.curve_keys(HISTORIES["sft"]) == (["loss"], None)
