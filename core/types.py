@@ -66,6 +66,11 @@ class Episode:
     def num_generated(self) -> int:
         return sum(self.loss_mask)
 
+    @property
+    def response(self) -> str:
+        """The content of the model's last turn ("" if it has none): what single-answer rewards score."""
+        return next((m.get("content") or "" for m in reversed(self.messages) if m.get("role") == "assistant"), "")
+
 
 @dataclass
 class Generation:

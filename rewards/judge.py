@@ -10,9 +10,12 @@ A local causal LM becomes a judge with :class:`HFJudge`. Nothing is downloaded h
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Callable
 
 Judge = Callable[[str], str]
+
+_SCORE = re.compile(r"score\s*:\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 def load_judge(judge: Judge | str, judge_options: dict | None = None) -> Judge:
@@ -28,6 +31,19 @@ def load_judge(judge: Judge | str, judge_options: dict | None = None) -> Judge:
     if not callable(judge):
         raise TypeError(f"the judge must be callable (prompt -> reply text), got {type(judge).__name__}")
     return judge
+
+
+def parse_score(reply: str, max_score: float) -> float | None:
+    """The last ``Score: N`` of a judge's ``reply`` over ``max_score``, or None if there is none or it is too high."""
+    matches = _SCORE.findall(reply)
+    if not matches or float(matches[-1]) > max_score:
+        return None
+    return float(matches[-1]) / max_score
+
+
+def user_request(episode) -> str:
+    """The sample's last user message: the request a judge is told the response answers."""
+    return next((m["content"] for m in reversed(episode.sample.messages) if m["role"] == "user"), "")
 
 
 class HFJudge:

@@ -35,6 +35,16 @@ class OptimConfig:
     grad_clip: float = 1.0
 
 
+def scheduled_lr(o: OptimConfig, step: int, total_steps: int) -> float:
+    """The lr of 0-based ``step``: linear warm-up from ``warmup_start_lr``, then cosine to ``min_lr`` (or constant)."""
+    if step < o.warmup_steps:
+        return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * (step + 1) / o.warmup_steps
+    if o.min_lr is None:
+        return o.lr
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
+
+
 class Trainer:
     def __init__(self, policy: Policy, optim: OptimConfig, total_steps: int, balance_rate: float = 1e-3):
         self.policy = policy
@@ -54,14 +64,7 @@ class Trainer:
         self.model.train()
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up from ``warmup_start_lr``, then cosine to ``min_lr`` (or constant)."""
-        o = self.optim
-        if step < o.warmup_steps:
-            return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * (step + 1) / o.warmup_steps
-        if o.min_lr is None:
-            return o.lr
-        progress = min(1.0, (step - o.warmup_steps) / max(1, self.total_steps - o.warmup_steps))
-        return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
+        return scheduled_lr(self.optim, step, self.total_steps)
 
     def step(self) -> dict[str, float]:
         """Clip, step, zero grads, update expert biases; gradients must already be accumulated."""

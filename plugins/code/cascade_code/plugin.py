@@ -54,13 +54,6 @@ class CodeEnvironment(Environment):
         ]
 
 
-def _response(episode: Episode) -> str:
-    for message in reversed(episode.messages):
-        if message.get("role") == "assistant":
-            return message.get("content") or ""
-    return ""
-
-
 class CodeTestsReward(Reward):
     """1 if the answer's program passes every hidden test of the sample, else 0.
 
@@ -89,7 +82,7 @@ class CodeTestsReward(Reward):
         results: list[RewardResult | None] = [None] * len(episodes_G)
         jobs, waiting, run_of = [], [], {}  # rollouts with the same program (of the same sample) share one run
         for index, episode in enumerate(episodes_G):
-            code = extract_code(_response(episode))
+            code = extract_code(episode.response)
             if code is None:
                 results[index] = self._result("no_code", episode, 0, "no program in the answer")
                 continue

@@ -48,13 +48,6 @@ class IFEnvironment(Environment):
         ]
 
 
-def _response(episode: Episode) -> str:
-    for message in reversed(episode.messages):
-        if message.get("role") == "assistant":
-            return message.get("content") or ""
-    return ""
-
-
 class IFVerifyReward(Reward):
     """1 if the final answer (thinking removed) follows every constraint of the sample, else 0.
 
@@ -72,7 +65,7 @@ class IFVerifyReward(Reward):
         results = []
         for episode in episodes_G:
             try:
-                value, follow = score_response(_response(episode), episode.sample.answer,
+                value, follow = score_response(episode.response, episode.sample.answer,
                                                fractional=self.fractional, mode=self.mode)
             except Exception as error:  # a malformed sample must not stall training
                 results.append(RewardResult(0.0, info={"status": f"error: {type(error).__name__}: {error}"}))

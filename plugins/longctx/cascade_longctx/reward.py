@@ -33,7 +33,7 @@ from typing import Sequence
 
 from cascade import Episode, Reward, RewardResult
 from cascade.environments.generated import strip_think
-from cascade.rewards.judge import Judge, load_judge
+from cascade.rewards.judge import Judge, load_judge, parse_score
 
 METRICS = ("all", "part")
 MAX_SCORE = 10
@@ -46,9 +46,6 @@ Give 10 if the answer states every expected value (any wording or number format)
 states some of them, and 0 if it states none. Take 2 off for every value it gives that was not asked for.
 End with "Score: N" (N from 0 to 10)."""
 
-_SCORE = re.compile(r"score\s*:\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
-
-
 def appears(value: str, text: str) -> bool:
     """``value`` occurs in ``text`` as a whole token (module docstring)."""
     pattern = r"\s+".join(re.escape(word) for word in value.split())
@@ -60,14 +57,6 @@ def match(answer: str, values: Sequence[str], distractors: Sequence[str] = ()) -
     hits = sum(appears(v, answer) for v in values)
     extras = sum(appears(d, answer) for d in set(distractors) - set(values))
     return hits / max(len(values), hits + extras), hits, extras
-
-
-def parse_score(reply: str) -> float | None:
-    """The last ``Score: N`` of a judge's reply over 10, or None when there is none or it is above 10."""
-    found = _SCORE.findall(reply)
-    if not found or float(found[-1]) > MAX_SCORE:
-        return None
-    return float(found[-1]) / MAX_SCORE
 
 
 class LongContextMatchReward(Reward):
@@ -88,8 +77,7 @@ class LongContextMatchReward(Reward):
     def score_one(self, episode: Episode) -> RewardResult:
         try:
             values, distractors = episode.sample.answer["values"], episode.sample.answer["distractors"]
-            reply = episode.messages[-1] if episode.messages else {}
-            answer = strip_think(reply.get("content") or "") if reply.get("role") == "assistant" else ""
+            answer = strip_think(episode.response)
             part, hits, extras = match(answer, values, distractors)
         except Exception as error:  # noqa: BLE001 - a malformed sample scores 0, never stops training
             return RewardResult(0.0, info={"status": "error", "detail": f"{type(error).__name__}: {error}"})
@@ -100,7 +88,7 @@ class LongContextMatchReward(Reward):
         prompt = self.rubric.format(question=episode.sample.meta.get("question", ""), expected=", ".join(values),
                                     response=answer.strip())
         try:
-            judged = parse_score(self.judge(prompt))
+            judged = parse_score(self.judge(prompt), MAX_SCORE)
         except Exception as error:  # noqa: BLE001 - a failing judge scores 0, never stops training
             return RewardResult(0.0, info={**info, "status": "error", "detail": f"{type(error).__name__}: {error}"})
         return RewardResult(judged or 0.0, info={**info, "status": "judged" if judged is not None else "no_score"})

@@ -13,12 +13,11 @@ judge that raises scores 0 (``error``). Judges that compare the rollouts of a gr
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 from cascade import Episode, Reward, RewardResult
 from cascade.environments.generated import strip_think
-from cascade.rewards.judge import Judge, load_judge
+from cascade.rewards.judge import Judge, load_judge, parse_score, user_request
 
 PROOF_RUBRIC = """Grade the proof below.
 Problem:
@@ -27,17 +26,6 @@ Proof:
 {response}
 Give {max_score} for a complete and rigorous proof of exactly the claim, partial credit for a proof
 with gaps, 0 for a wrong proof, a proof of something else, or no proof. End with "Score: N"."""
-
-_SCORE = re.compile(r"score\s*:\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
-
-
-def parse_score(reply: str, max_score: float) -> float | None:
-    """The last ``Score: N`` of ``reply`` over ``max_score``, or None if there is none or it is too high."""
-    matches = _SCORE.findall(reply)
-    if not matches or float(matches[-1]) > max_score:
-        return None
-    return float(matches[-1]) / max_score
-
 
 class JudgeReward(Reward):
     """Each rollout graded by a judge model against a rubric; see the module docstring."""
@@ -49,7 +37,7 @@ class JudgeReward(Reward):
         self.max_score = max_score
 
     def prompt(self, episode: Episode) -> str:
-        problem = next((m["content"] for m in reversed(episode.sample.messages) if m["role"] == "user"), "")
+        problem = user_request(episode)
         response = strip_think(episode.messages[-1]["content"]).strip()
         return self.rubric.format(problem=problem, response=response, max_score=self.max_score)
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from cascade import Episode, Reward, RewardResult
 from cascade.environments.generated import strip_think
-from cascade.rewards.judge import Judge, load_judge
+from cascade.rewards.judge import Judge, load_judge, user_request
 
 PAIRWISE_TEMPLATE = """Compare two responses to the user's request.
 Request:
@@ -61,7 +61,7 @@ class PairwiseJudgeReward(Reward):
         self.max_score = max_score
 
     def prompt(self, episode: Episode, a: str, b: str) -> str:
-        request = next((m["content"] for m in reversed(episode.sample.messages) if m["role"] == "user"), "")
+        request = user_request(episode)
         return self.template.format(prompt=request, a=a, b=b, max_score=self.max_score)
 
     def judge_pair(self, episode: Episode, a: str, b: str) -> tuple[float, str]:

@@ -65,7 +65,7 @@ class GoldRubricReward(Reward):
     def score(self, episodes_G: Sequence[Episode]) -> list[RewardResult]:
         results = []
         for episode in episodes_G:
-            response = episode.messages[-1]["content"] if episode.messages[-1]["role"] == "assistant" else ""
+            response = episode.response
             try:
                 results.append(RewardResult(gold_score(response, episode.sample.answer),
                                             info={"status": "ok", "rules": rubric(response, episode.sample.answer)}))

@@ -21,10 +21,9 @@ reads). Loading a NemotronH reward model needs this module imported (the plugin 
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,9 +37,9 @@ from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHPreTrain
 from cascade import Checkpoint, Episode, Reward, RewardResult, Stage, StageError
 from cascade.config import ConfigError
 from cascade.engine.moe import prepare_moe
-from cascade.engine.trainer import OptimConfig
+from cascade.engine.policy import Policy, save_policy
+from cascade.engine.trainer import OptimConfig, right_pad, scheduled_lr
 from cascade.environments.generated import NO_THINKING, strip_think
-from cascade.io import write_dir_atomic
 from cascade_rlhf.chat import PreferencePair
 
 
@@ -64,10 +63,7 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
     """Right-padded token ids (the head reads the last non-pad token); long texts keep their end."""
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_length:] for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = torch.tensor(row)
-    return out
+    return right_pad(rows, pad, dtype=torch.long)
 
 
 def rewards(model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -178,14 +174,13 @@ class RewardModelStage(Stage):
                 accuracy = pair_accuracy(model, tokenizer, held_out, cfg.max_length)
                 metrics["eval_pair_accuracy"] = accuracy
             context.log(step, metrics)
-        self.save(model, tokenizer, Path(cfg.output))
+        save_policy(Policy(model, tokenizer), cfg.output)  # a sequence classifier and its tokenizer, saved alike
         return Checkpoint(self.name, start.path, meta={"reward_model": str(cfg.output), "eval_pair_accuracy": accuracy})
 
     def lr_at(self, step: int) -> float:
-        """Cosine from ``optim.lr`` to ``optim.min_lr`` (0 if unset) over the stage."""
+        """The shared schedule over the stage (``step`` from 1), decaying to 0 when ``optim.min_lr`` is unset."""
         o = self.config.optim
-        low = o.min_lr or 0.0
-        return low + 0.5 * (o.lr - low) * (1 + math.cos(math.pi * (step - 1) / max(1, self.config.steps)))
+        return scheduled_lr(replace(o, min_lr=o.min_lr or 0.0), step - 1, self.config.steps)
 
     def initial_model(self, policy_path: str, tokenizer):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -197,15 +192,6 @@ class RewardModelStage(Stage):
             model = LlamaForSequenceClassification(config)
         prepare_moe(model)
         return model
-
-    @staticmethod
-    def save(model, tokenizer, path: Path) -> None:
-        def write(tmp: Path) -> None:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-
-        write_dir_atomic(path, write)
-
 
 # ---- the reward ----------------------------------------------------------------------------------------
 
@@ -225,14 +211,10 @@ class RewardModelReward(Reward):
 
     @torch.no_grad()
     def score(self, episodes_G: Sequence[Episode]) -> list[RewardResult]:
-        texts = [render(self.tokenizer, e.sample.messages, _response(e)) for e in episodes_G]
+        texts = [render(self.tokenizer, e.sample.messages, e.response) for e in episodes_G]
         raw = torch.cat([rewards(self.model, encode(self.tokenizer, texts[i:i + self.batch_size], self.max_length))
                          for i in range(0, len(texts), self.batch_size)]).float()
         values = raw
         if self.normalize and len(raw) > 1:
             values = (raw - raw.mean()) / (raw.std(unbiased=False) + 1e-6)
         return [RewardResult(float(v), info={"status": "ok", "raw": float(r)}) for v, r in zip(values, raw)]
-
-
-def _response(episode: Episode) -> str:
-    return next((m.get("content") or "" for m in reversed(episode.messages) if m.get("role") == "assistant"), "")
