@@ -50,6 +50,9 @@ class DomainConfig:
     reward_options: Dict[str, Any] = field(default_factory=dict)
     eval: Dict[str, Any] = field(default_factory=dict)
     """Per-domain overrides of the top-level ``eval`` settings."""
+    variant_of: str = ""
+    """The domain this one evaluates in another setting (the same problems with a tool, say): the report
+    puts the two side by side."""
 
 
 @dataclass

@@ -44,6 +44,7 @@ def build_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[
         "scores": matrix,
         "gains": gains(matrix, domains),
         "best": best_scores(matrix, domains),
+        "variants": {d: spec.variant_of for d, spec in config.cascade.domains.items() if spec.get("variant_of")},
         "details": {stage: e.details for stage, e in registry.entries.items()},
         "checkpoints": {stage: e.checkpoint.to_dict() for stage, e in registry.entries.items()},
         "seconds": {s: e.metrics.get("seconds", 0.0) for s, e in registry.entries.items()},
@@ -104,6 +105,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str] | None = Non
     lines += ["", "In parentheses: change from the previous stage (negative = forgetting).", ""]
     lines += [line for name in ("cascade", "gains") if name in figures
               for line in (f"![{FIGURE_CAPTIONS[name]}]({figures[name]})", "")]
+    lines += variant_tables(report)
     lines += ["## Latest against best per domain", "", "| domain | best stage | best | latest | gap |", "|---|---|---:|---:|---:|"]
     for d, best in report["best"].items():
         lines.append(f"| {d} | {best['stage']} | {best['score']:.3f} | {best['latest']:.3f} | {best['gap']:+.3f} |")
@@ -117,6 +119,21 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str] | None = Non
                      f"{stage['metrics'].get('steps', 0)} steps" + (f"; last step: {shown}" if shown else ""))
     lines += ["", "Checkpoints: `checkpoints/`; machine-readable: `report.json`.", ""]
     return "\n".join(lines)
+
+
+def variant_tables(report: dict[str, Any]) -> list[str]:
+    """report.md's side-by-side tables: a domain and its variant (with a tool, say) after each stage."""
+    lines = []
+    for variant, base in report.get("variants", {}).items():
+        lines += [f"## `{variant}` beside `{base}`", "",
+                  f"| stage | {base} | {variant} | difference | {variant}: episodes with a tool call |", "|---|---:|---:|---:|---:|"]
+        for stage, scores in report["scores"].items():
+            if base in scores and variant in scores:
+                rate = report["details"].get(stage, {}).get(variant, {}).get("tool_call_rate")
+                lines.append(f"| {stage} | {scores[base]:.3f} | {scores[variant]:.3f} | {scores[variant] - scores[base]:+.3f} | "
+                             + ("n/a" if rate is None else f"{rate:.3f}") + " |")
+        lines.append("")
+    return lines
 
 
 def planned_stages(config: DictConfig) -> list[dict[str, Any]]:

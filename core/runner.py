@@ -63,6 +63,9 @@ class CascadeRunner:
             self._check(lambda: self.plugins.component("environments", spec.environment), f"cascade.domains.{domain}.environment")
             self._check(lambda: self.plugins.component("rewards", spec.reward), f"cascade.domains.{domain}.reward")
             self.eval_options(domain)
+            if spec.variant_of and spec.variant_of not in cascade.domains:
+                raise ConfigError(f"cascade.domains.{domain}.variant_of: "
+                                  + unknown_name_message("domain", spec.variant_of, cascade.domains))
         for name in self.config.loggers:
             self._check(lambda: self.plugins.component("loggers", name), f"loggers.{name}")
         return [self._plan_stage(name, cascade.stages[name]) for name in order]

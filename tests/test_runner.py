@@ -46,6 +46,20 @@ def test_every_domain_scored_after_every_stage(tmp_path, toy_env):
     assert [json.loads(line)["step"] for line in history] == list(range(1, 11))
 
 
+def test_a_variant_domain_is_reported_beside_its_base(tmp_path, toy_env):
+    result = toy_runner(tmp_path, "+domain@cascade.domains.add_again=toy_add", "cascade.domains.add_again.variant_of=add").run()
+    assert result["variants"] == {"add_again": "add"}
+    md = (tmp_path / "run" / "report.md").read_text()
+    table = md.split("## `add_again` beside `add`")[1].split("##")[0]
+    last = result["scores"]["learn_mul"]
+    assert f"| learn_mul | {last['add']:.3f} | {last['add_again']:.3f} | {last['add_again'] - last['add']:+.3f} | n/a |" in table
+
+
+def test_a_variant_of_an_unknown_domain_names_the_domains(tmp_path, toy_env):
+    with pytest.raises(ConfigError, match="cascade.domains.add_again.variant_of: .*'ad'.*add"):
+        toy_runner(tmp_path, "+domain@cascade.domains.add_again=toy_add", "cascade.domains.add_again.variant_of=ad")
+
+
 def test_order_is_a_config_choice(tmp_path, toy_env):
     result = toy_runner(tmp_path, "cascade.order=[learn_mul,learn_add]").run()
     assert list(result["scores"]) == ["init", "learn_mul", "learn_add"]

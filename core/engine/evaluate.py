@@ -39,4 +39,5 @@ def evaluate(checkpoint: Checkpoint, environment: Environment, reward: Reward, o
         "truncated": sum(e.truncated for e in episodes) / len(episodes),
         "response_tokens": sum(e.num_generated for e in episodes) / len(episodes),
         "reward_errors": float(statuses["error"] + statuses["timeout"]),
+        "tool_call_rate": sum(any(m.get("role") == "tool" for m in e.messages) for e in episodes) / len(episodes),
     }

@@ -11,7 +11,8 @@ parentheses, negative numbers and fractional answers appear. Train and test neve
 question: the split a question belongs to is decided by a hash of its text, and `generate`
 keeps only the questions of the split it was asked for.
 
-`solution(problem)` is a worked answer for SFT: the steps, then `\boxed{ANSWER}`.
+`solution(problem)` is a worked answer for SFT: the steps, then `\boxed{ANSWER}`. `problem.code` is a short
+Python program that prints the answer from the question's numbers, for tool-integrated demonstrations.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class MathProblem:
     kind: str
     difficulty: int
     steps: tuple[str, ...] = ()  # worked lines before the boxed answer (see `solution`)
+    code: str = ""  # a Python program printing the answer, e.g. "print(12+7*3)"
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def generate(split: str, n: int, seed: int, difficulty: int,
                 f"found only {len(problems)} of {n} distinct {split} questions of kinds "
                 f"{list(kinds)} at difficulty {difficulty}; ask for fewer or raise difficulty")
         kind = kinds[len(problems) % len(kinds)]
-        question, answer, steps = _MAKERS[kind](rng, level)
+        question, answer, steps, code = _MAKERS[kind](rng, level)
         if question in seen or split_of(question) != split:
             misses += 1
             continue
@@ -112,7 +114,7 @@ def generate(split: str, n: int, seed: int, difficulty: int,
         seen.add(question)
         problem_id = f"{kind}-d{difficulty}-{hashlib.sha256(question.encode()).hexdigest()[:12]}"
         problems.append(MathProblem(problem_id, question, _format_number(answer), kind,
-                                    difficulty, tuple(steps)))
+                                    difficulty, tuple(steps), code))
     return problems
 
 
@@ -178,6 +180,11 @@ def _render(node: _Node) -> str:
     return f"{left}{node.op}{right}"
 
 
+def _python(node: _Node) -> str:
+    """The expression as Python: '/' (only ever an exact division) becomes '//', which prints 4, not 4.0."""
+    return _render(node).replace("/", "//")
+
+
 def _steps(node: _Node) -> list[str]:
     """One line per operation, innermost first: ['7*3=21', '12+21=33']."""
     if isinstance(node, _Num):
@@ -206,10 +213,10 @@ def _random_tree(rng: random.Random, operations: int, level: _Level, factor: boo
 
 
 # --------------------------------------------------------------------------------------
-# The three kinds. Each maker returns (question, answer, steps).
+# The three kinds. Each maker returns (question, answer, steps, code).
 # --------------------------------------------------------------------------------------
 
-_Made = tuple[str, Fraction, list[str]]
+_Made = tuple[str, Fraction, list[str], str]
 
 
 def _arithmetic(rng: random.Random, level: _Level) -> _Made:
@@ -220,7 +227,7 @@ def _arithmetic(rng: random.Random, level: _Level) -> _Made:
             continue
         if not level.negatives and min(_intermediates(tree)) < 0:
             continue
-        return f"What is {text}?", _value(tree), _steps(tree)
+        return f"What is {text}?", _value(tree), _steps(tree), f"print({_python(tree)})"
 
 
 def _x_term(coefficient: int) -> str:
@@ -280,7 +287,8 @@ def _linear(rng: random.Random, level: _Level) -> _Made:
     if k != 1:
         quotient = f"{v}/{_signed(k)}"
         steps.append(f"x = {quotient}" + ("" if quotient == _format_number(x) else f" = {_format_number(x)}"))
-    return question, x, steps
+    code = f"from fractions import Fraction\na, b, c, d = {a}, {b}, {c}, {d}\nprint(Fraction(d - b, a - c))"
+    return question, x, steps, code
 
 
 _NAMES = ("Tom", "Ann", "Sam", "Mia", "Ben", "Eva", "Leo", "Zoe", "Max", "Ivy", "Kim", "Raj")
@@ -325,7 +333,7 @@ def _word(rng: random.Random, level: _Level) -> _Made:
         question = (f"{name} has {a} {item}, buys {f} packs of {g} and gives away {b}. "
                     f"How many {item} are left?")
         tree = _Op("-", _Op("+", _Num(a), _Op("*", _Num(f), _Num(g))), _Num(b))
-    return question, _value(tree), _steps(tree)
+    return question, _value(tree), _steps(tree), f"print({_python(tree)})"
 
 
 _MAKERS: dict[str, Callable[[random.Random, _Level], _Made]] = {
