@@ -104,7 +104,7 @@ def child_prepare(args, total: int, teacher: bool = False) -> dict:
         raise SystemExit(f"the math environment gave {len(samples)} prompts, {total} needed")
     prompts = []
     for s in samples:
-        text = render_prompt(policy, s.messages, thinking=False)
+        text = render_prompt(policy.tokenizer, s.messages, thinking=False)
         prompts.append({"id": s.id, "messages": s.messages, "answer": str(s.answer),
                         "ids": policy.tokenizer(text, add_special_tokens=False)["input_ids"]})
     (workdir / "prompts.json").write_text(json.dumps(prompts))

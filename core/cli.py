@@ -3,6 +3,8 @@
     cascade train [HYDRA OVERRIDES...]   run a cascade (a Hydra app: -m sweeps, --cfg job, ...)
     cascade plugins [--json]             every plugin, its version and what it provides
     cascade report RUN_DIR               rebuild report.json / report.md / figures/*.png of a run
+    cascade export openrlhf STAGE [HYDRA OVERRIDES...] [--out DIR] [--model PATH]
+                                         prompts, reward, agent and launch command to run STAGE on OpenRLHF
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             return show_plugins(rest)
         if command == "report":
             return rebuild_report(rest)
+        if command == "export":
+            return export(rest)
     except (ConfigError, PluginError) as exc:
         print(f"cascade: error: {exc}", file=sys.stderr)
         return 2
-    print(f"cascade: unknown command '{command}' (commands: train, plugins, report)", file=sys.stderr)
+    print(f"cascade: unknown command '{command}' (commands: train, plugins, report, export)", file=sys.stderr)
     return 2
 
 
@@ -166,6 +170,35 @@ def rebuild_report(args: list[str]) -> int:
 
     report = rebuild(opts.run_dir)
     print(f"wrote {opts.run_dir / 'report.json'} and {opts.run_dir / 'report.md'} ({len(report['scores'])} stages)")
+    return 0
+
+
+# ---- export -------------------------------------------------------------------------------------------------
+
+
+def export(args: list[str]) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cascade.config import compose
+    from cascade.export.openrlhf import LAUNCH_FILE, export_stage
+
+    parser = argparse.ArgumentParser(prog="cascade export", description="Write what another trainer needs to run a stage "
+                                     "of a cascade: its prompts, reward, agent and launch command.")
+    parser.add_argument("target", choices=["openrlhf"])
+    parser.add_argument("stage", help="a GRPO stage of the composed cascade")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for `cascade train` (cascade=math, ...)")
+    parser.add_argument("--out", type=Path, help="output directory (default: exports/openrlhf/CASCADE/STAGE)")
+    parser.add_argument("--model", help="the policy to train (default: model.path): a Hugging Face model directory or id")
+    opts = parser.parse_intermixed_args(args)
+    try:
+        config = compose(opts.overrides, plugins().config_searchpaths())
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(describe_error(exc)) from None
+    result = export_stage(config, plugins(), opts.stage, opts.out, opts.model)
+    prompts = ", ".join(f"{domain} {n}" for domain, n in result.prompts_per_domain.items())
+    print(f"wrote {result.out}: {', '.join(path.name for path in result.files)} (prompts: {prompts})\n")
+    print((result.out / LAUNCH_FILE).read_text(), end="")
     return 0
 
 

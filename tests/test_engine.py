@@ -163,8 +163,8 @@ def test_multi_turn_episodes_mask_only_model_tokens(policy):
 
 
 def test_generation_prefix_is_the_empty_think_block(policy):
-    assert generation_prefix(policy, thinking=False) == "<think></think>"
-    assert generation_prefix(policy, thinking=True) == "<think>\n"
+    assert generation_prefix(policy.tokenizer, thinking=False) == "<think></think>"
+    assert generation_prefix(policy.tokenizer, thinking=True) == "<think>\n"
 
 
 # ---- SFT ---------------------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_rollouts_run_the_tool_and_mask_every_token_it_returned(policy):
     samples = samples_with_code(env, 2)
     engine = ToolScript(policy, samples)
     episodes = collect_episodes(engine, policy, env, samples, SamplingParams(max_new_tokens=64, temperature=1.0, n=2))
-    prefix = generation_prefix(policy, False)
+    prefix = generation_prefix(policy.tokenizer, False)
     rewards = MathVerifyReward().score(episodes)
     for i, episode in enumerate(episodes):
         roles = [m["role"] for m in episode.messages]

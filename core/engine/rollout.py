@@ -254,18 +254,19 @@ def _pad_routing(experts: torch.Tensor, length: int) -> torch.Tensor:
 # ---- samples -> episodes ------------------------------------------------------------------------------
 
 
-def render_prompt(policy: Policy, messages: list[Message], thinking: bool) -> str:
-    return policy.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+def render_prompt(tokenizer, messages: list[Message], thinking: bool) -> str:
+    """The text the model continues: the conversation and the generation prompt, in thinking mode or not."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
 
 
-def generation_prefix(policy: Policy, thinking: bool) -> str:
+def generation_prefix(tokenizer, thinking: bool) -> str:
     """What the generation prompt writes inside the assistant turn (``<think></think>`` or ``<think>\\n``).
 
     Stored at the start of the assistant message so the rendered conversation reproduces the exact text
     the model saw, which keeps multi-turn prompts token-for-token identical to what was generated.
     """
-    opened = policy.tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
-    closed = policy.tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=False)
+    opened = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+    closed = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=False)
     header = opened[len(closed):]
     marker = "assistant\n"
     return header[header.index(marker) + len(marker):] if marker in header else ""
@@ -295,10 +296,10 @@ def collect_episodes(
     response hits ``max_new_tokens`` (truncated).
     """
     tok = policy.tokenizer
-    prefix = generation_prefix(policy, thinking)
+    prefix = generation_prefix(tok, thinking)
     rollouts = []
     for sample in samples:
-        text = render_prompt(policy, sample.messages, thinking)
+        text = render_prompt(tok, sample.messages, thinking)
         ids = tok(text, add_special_tokens=False)["input_ids"]
         for _ in range(params.n):
             rollouts.append(_Rollout(sample, list(sample.messages), text, list(ids), [0] * len(ids), [0.0] * len(ids)))
@@ -336,7 +337,7 @@ def collect_episodes(
 def _append_environment_turn(policy: Policy, r: _Rollout, new_messages: list[Message], thinking: bool) -> None:
     """Render the conversation with the environment's messages and append only the new text's tokens."""
     r.messages.extend(new_messages)
-    full = render_prompt(policy, r.messages, thinking)
+    full = render_prompt(policy.tokenizer, r.messages, thinking)
     if not full.startswith(r.text):
         raise ValueError("the chat template re-renders earlier turns differently, so multi-turn prompts would not "
                          "match what the model generated; use a prefix-stable template (ChatML)")
