@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 install:
 	# torch first and pinned: this resolves to the CPU build; an unpinned torch would pull CUDA wheels
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,wandb,joblib]" $(foreach p,$(PLUGINS),-e $(p))
+	$(PIP) install -q -e ".[test,wandb,joblib,optuna]" $(foreach p,$(PLUGINS),-e $(p))
 
 run: install
 	cascade train

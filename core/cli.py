@@ -84,8 +84,9 @@ def train(overrides: list[str]) -> int:
     return 0
 
 
-def run_task(cfg) -> None:
-    """Hydra's task function: one run of one cascade (one job of a sweep)."""
+def run_task(cfg) -> float | None:
+    """Hydra's task function: one run of one cascade (one job of a sweep). Returns the held-out score that
+    ``objective=STAGE.DOMAIN`` names, for sweepers that optimize it (Optuna); None without an objective."""
     import torch
     from hydra.core.hydra_config import HydraConfig
     from transformers.utils import logging as hf_logging
@@ -95,7 +96,12 @@ def run_task(cfg) -> None:
     torch.set_num_threads(cfg.threads)
     hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the console logger
     run_dir = resolve_run_dir(cfg, Path(HydraConfig.get().runtime.output_dir))
-    CascadeRunner(cfg, plugins(), run_dir).run()
+    runner = CascadeRunner(cfg, plugins(), run_dir)
+    report = runner.run()
+    if runner.objective is None:
+        return None
+    stage, domain = runner.objective
+    return report["scores"][stage][domain]
 
 
 def resolve_run_dir(cfg, fresh: Path) -> Path:

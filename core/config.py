@@ -110,6 +110,9 @@ class AppConfig:
     """``true``: continue the newest unfinished run of this cascade; or the run directory to continue."""
     threads: int = 1
     """torch threads; more than one on a small shared CPU is much slower."""
+    objective: Optional[str] = None
+    """``STAGE.DOMAIN``: the held-out score ``cascade train`` returns to Hydra, the number a sweeper such as
+    Optuna optimizes (``objective=if_rl.if``: IF's score after the ``if_rl`` stage); None returns nothing."""
 
 
 def register_configs() -> None:

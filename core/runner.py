@@ -46,6 +46,7 @@ class CascadeRunner:
         self._environments: dict[str, Environment] = {}
         self._rewards: dict[str, Reward] = {}
         self.plan = self._plan()  # every name and option checked before any work starts
+        self.objective = self._objective()
 
     # ---- planning: turn config into stage objects, or fail naming the bad key ---------------------
 
@@ -69,6 +70,20 @@ class CascadeRunner:
         for name in self.config.loggers:
             self._check(lambda: self.plugins.component("loggers", name), f"loggers.{name}")
         return [self._plan_stage(name, cascade.stages[name]) for name in order]
+
+    def _objective(self) -> tuple[str, str] | None:
+        """``objective=STAGE.DOMAIN`` as (stage, domain): a row and a column of this run's scores matrix."""
+        if self.config.objective is None:
+            return None
+        stages = [INIT, *(planned.name for planned in self.plan)]
+        stage, dot, domain = self.config.objective.partition(".")
+        if not dot:
+            raise ConfigError(f"objective={self.config.objective}: expected STAGE.DOMAIN, the held-out score of DOMAIN after STAGE")
+        if stage not in stages:
+            raise ConfigError(f"objective={self.config.objective}: {unknown_name_message('stage', stage, stages)}")
+        if domain not in self.domains:
+            raise ConfigError(f"objective={self.config.objective}: {unknown_name_message('domain', domain, self.domains)}")
+        return stage, domain
 
     def _plan_stage(self, name: str, spec: DictConfig) -> PlannedStage:
         where = f"cascade.stages.{name}"

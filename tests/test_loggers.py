@@ -44,5 +44,60 @@ def test_wandb_offline_makes_one_run_per_stage_and_a_scores_run(tmp_path, toy_en
     pytest.importorskip("wandb")
     run_with(tmp_path, "[wandb]")
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 4  # init (its evaluation), learn_add, learn_mul, and the summary run with the scores table
+    assert len(runs) == 4  # init (its evaluation), learn_add, learn_mul, and the summary run
     assert all(any(r.glob("*.wandb")) for r in runs)
+    media = sorted(path.name.split("_")[0] for r in runs for path in r.glob("files/media/*/*"))
+    assert media == ["cascade", "gains", "scores"]  # the summary run's pictures and its scores table
+
+
+class RecordedRun:
+    """Stands in for ``wandb.init``'s run: keeps what the logger logs, so a test can read it back."""
+
+    def __init__(self, **options):
+        self.options, self.logged, self.summary, self.finished = options, {}, {}, False
+
+    def log(self, data, step=None):
+        self.logged.update(data)
+
+    def finish(self):
+        self.finished = True
+
+
+@pytest.fixture
+def wandb_runs(monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    runs: list[RecordedRun] = []
+    monkeypatch.setattr(wandb, "init", lambda **options: runs.append(RecordedRun(**options)) or runs[-1])
+    return runs
+
+
+def test_wandb_stage_runs_hold_their_scores_and_the_summary_run_the_matrix_and_figures(tmp_path, toy_env, wandb_runs):
+    import wandb
+
+    report = run_with(tmp_path, "[wandb]")
+    assert [r.options["name"] for r in wandb_runs] == ["init", "learn_add", "learn_mul", "scores"]
+    assert len({r.options["group"] for r in wandb_runs}) == 1 and all(r.finished for r in wandb_runs)
+    assert all(r.options["mode"] == "offline" for r in wandb_runs)
+    for run in wandb_runs[:-1]:  # each stage's run ends after its evaluation, with that row of the matrix
+        assert run.summary["eval/add"] == report["scores"][run.options["name"]]["add"]
+    logged = wandb_runs[-1].logged
+    table = logged["scores"]
+    assert isinstance(table, wandb.Table) and table.columns == ["stage", "add", "mul"]
+    assert table.data == [[stage, row["add"], row["mul"]] for stage, row in report["scores"].items()]
+    assert isinstance(logged["cascade"], wandb.Image) and isinstance(logged["gains"], wandb.Image)
+
+
+def test_wandb_leaves_out_a_figure_that_failed_for_the_final_scores(tmp_path, toy_env, wandb_runs, monkeypatch):
+    import cascade.figures
+
+    draw_gains = cascade.figures.draw_gains
+
+    def fail_on_the_last_stage(report):
+        if "learn_mul" in report["scores"]:
+            raise RuntimeError("no gains for you")
+        return draw_gains(report)
+
+    monkeypatch.setattr(cascade.figures, "draw_gains", fail_on_the_last_stage)
+    run_with(tmp_path, "[wandb]")
+    assert (tmp_path / "run" / "figures" / "gains.png").exists()  # learn_add's, stale
+    assert "gains" not in wandb_runs[-1].logged and "cascade" in wandb_runs[-1].logged
