@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import survivors
 
 from cascade.environments import sandbox
 from cascade.environments.generated import NO_THINKING
@@ -71,19 +72,6 @@ def tag(monkeypatch) -> str:
     run = sandbox.run
     monkeypatch.setattr(sandbox, "run", lambda job: run(replace(job, command=(*job.command, tag))))
     return tag
-
-
-def survivors(tag: str) -> list[int]:
-    """Host pids whose command line holds ``tag`` (as in tests/test_sandbox.py)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if tag.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
 
 
 # ---- the declaration ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import survivors
 
 from cascade.environments import sandbox
 from cascade.environments.sandbox import ExecResult, Job, Limits, SandboxPool, run
@@ -31,19 +32,6 @@ def tagged(code: str, *args: str, **job) -> tuple[Job, str]:
     tag = f"sandbox-test-{uuid.uuid4().hex}"
     job.setdefault("limits", FAST)
     return Job({"main.py": code}, command=("main.py", tag, *args), **job), tag
-
-
-def survivors(tag: str) -> list[int]:
-    """Host pids whose command line holds ``tag``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if tag.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
 
 
 def run_contained(job: Job, tag: str) -> ExecResult:
