@@ -191,8 +191,9 @@ class GRPOStage(Stage):
             return train_steps(trainer, context, cfg.steps, cfg.checkpoint_every,
                                lambda n: {**self.train_step(n, policy, trainer, engine, pools, context), **self.pool_metrics})
         finally:
-            if callable(getattr(self.training_reward, "close", None)):
-                self.training_reward.close()
+            for component in (engine, self.training_reward):
+                if callable(getattr(component, "close", None)):  # a Ray engine's actor, a reward's workers
+                    component.close()
 
     def reward(self, domain: str, context) -> Reward:
         """What the stage trains ``domain`` on: the ``reward`` option's, else the domain's own."""
@@ -225,6 +226,7 @@ class GRPOStage(Stage):
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.group_size)
 
         # 1. rollouts and rewards, drawing fresh prompts while dynamic filtering leaves the batch short
+        engine.load_weights(policy.model)  # an engine with its own copy samples from the last update (or a resume)
         kept, stats = [], {"groups": 0, "filtered": 0, "masked": 0, "episodes": 0, "truncated": 0, "reward_sum": 0.0, "correct": 0, "generated": 0}
         statuses: Counter = Counter()
         domain_rewards: dict[str, list[float]] = {}

@@ -29,6 +29,8 @@ class MOPDConfig:
     """Per domain: ``best``, ``stage:NAME`` or ``path:DIR``; ``default`` covers the domains not listed."""
     teacher: str = "hf"
     """Teacher implementation (``cascade plugins`` lists them)."""
+    teacher_options: Dict[str, Any] = field(default_factory=dict)
+    """Its options (``teacher: ray``: ``num_cpus``, ``batch_size``, ``address``...)."""
     alpha: float = 0.0
     """Weight of the reward advantage blended into the distillation advantage."""
     ratio_bounds: List[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -51,7 +53,12 @@ class MOPDStage(Stage):
         sampler = self.inner if hasattr(self.inner, "objective") else self.sampling_stage()
         sampler.objective = DistillationObjective(teachers, cfg.alpha, tuple(cfg.ratio_bounds))
         sampler.config.optim = cfg.optim
-        return sampler.run(start, context)
+        try:
+            return sampler.run(start, context)
+        finally:
+            for teacher in {id(t): t for t in teachers.values()}.values():  # each distinct teacher once
+                if callable(getattr(teacher, "close", None)):  # a Ray teacher's actor
+                    teacher.close()
 
     def sampling_stage(self) -> GRPOStage:
         options = validate_options(GRPOStage.Config, {"group_size": 1, "dynamic_filter": False, **self.config.sampling},
@@ -74,7 +81,7 @@ class MOPDStage(Stage):
                     raise StageError(f"{self.name}: teacher {checkpoint.path} (rule '{rule}', domain '{domain}') has a different "
                                      f"tokenizer from the student {start.path}: MOPD compares log-probs token by token, so "
                                      f"teachers must come from the student's lineage")
-                loaded[checkpoint.path] = factory(checkpoint)
+                loaded[checkpoint.path] = factory(checkpoint, **self.config.teacher_options)
             teachers[domain] = loaded[checkpoint.path]
             chosen[domain] = {"rule": rule, "stage": checkpoint.stage, "path": checkpoint.path}
         write_json_atomic(context.stage_dir / "teachers.json", chosen)  # which checkpoint taught which domain

@@ -1,0 +1,1 @@
+"""cascade-ray: rollout engines, reward workers and MOPD teachers as Ray actors the trainer drives."""
