@@ -97,6 +97,8 @@ def test_default_smoke_and_math_cascades_compose():
     smoke = compose(["cascade=smoke"], searchpaths)
     assert smoke.cascade.name == "smoke" and list(smoke.cascade.stages) == stages
     assert list(smoke.cascade.domains) == domains and smoke.model.options.hidden_size == 128
+    forgetting = compose(["cascade=forgetting"], searchpaths)
+    assert list(forgetting.cascade.domains) == domains and list(forgetting.cascade.order) == ["sft", "if_rl", "math_sft", "mopd"]
     math = compose(["cascade=math"], searchpaths)
     assert math.cascade.name == "math" and list(math.cascade.stages) == ["sft", "math_grpo"]
     assert list(math.cascade.domains) == ["math"]
