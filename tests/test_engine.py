@@ -152,6 +152,7 @@ def test_multi_turn_episodes_mask_only_model_tokens(policy):
         text = tok.decode(e.token_ids, skip_special_tokens=False)
         assert text.startswith(tok.apply_chat_template(e.sample.messages, tokenize=False, add_generation_prompt=True, enable_thinking=False))
         assert all(lp == 0.0 for lp, m in zip(e.logprobs, e.loss_mask) if m == 0)
+        assert e.routed_experts.shape[0] == len(e.token_ids)  # routing recorded over every turn, for replay
         if not e.truncated:
             assert "Double it." in text and e.metrics == {"asked": 1.0}
             assert [m["role"] for m in e.messages] == ["user", "assistant", "user", "assistant"]
