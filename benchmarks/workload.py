@@ -75,10 +75,11 @@ def add_workload_args(parser, micro_batch_help: str | None = None) -> None:
 # ---- child: build the checkpoint and the prompt list once ---------------------------------------------------
 
 
-def child_prepare(args, total: int, teacher: bool = False) -> dict:
+def child_prepare(args, total: int, teacher: bool = False, model_options: dict | None = None) -> dict:
     """Build the tiny checkpoint in ``workdir/checkpoint`` and write ``total`` rendered prompts to ``prompts.json``.
 
     With ``teacher``, start from empty folders and copy the checkpoint to ``workdir/teacher`` (same weights).
+    ``model_options`` are ``model.options`` of the config (e.g. ``hybrid_override_pattern``).
     """
     _one_thread()
     from omegaconf import OmegaConf
@@ -94,7 +95,8 @@ def child_prepare(args, total: int, teacher: bool = False) -> dict:
     if teacher:
         shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(teacher_path, ignore_errors=True)
-    model_config = OmegaConf.create({"path": None, "arch": "tiny_nemotron_h", "options": {}, "dtype": "float32"})
+    model_config = OmegaConf.create({"path": None, "arch": "tiny_nemotron_h", "options": model_options or {},
+                                     "dtype": "float32"})
     init_checkpoint(model_config, str(path), seed=SEED, environments={DOMAIN: env})
     if teacher:
         shutil.copytree(path, teacher_path)  # the teacher: a second copy of the same weights

@@ -59,7 +59,12 @@ def cascade_teachers() -> dict[str, Callable[..., "Teacher"]]:
 
 @hookspec
 def cascade_rollout_engines() -> dict[str, Callable[..., "RolloutEngine"]]:
-    """Rollout engine factories by name (``rollout.engine``): ``factory(model, tokenizer, config)``."""
+    """Rollout engine factories by name (``rollout.engine``): ``factory(policy, rollout_config) -> RolloutEngine``.
+
+    ``policy`` is the trainer's (:class:`cascade.engine.policy.Policy`; ``policy.model.name_or_path`` is the stage's
+    start checkpoint), ``rollout_config`` the run's ``rollout`` node (``engine``, ``options``). An engine holding its
+    own copy of the weights takes the trainer's in ``load_weights``, called after every update; a ``close()``
+    method, if any, is called when the stage ends."""
 
 
 @hookspec

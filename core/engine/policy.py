@@ -60,6 +60,13 @@ def save_policy(policy: Policy, path: str | Path) -> Path:
     return write_dir_atomic(Path(path), write)
 
 
+def weights_version(model: torch.nn.Module) -> tuple[int, ...]:
+    """Version counters of every weight and buffer: torch bumps one on each in-place write to its tensor (optimizer
+    step, expert-bias balancing, a resumed checkpoint). Engines holding their own copy of the policy compare it to
+    the one they last loaded, so unchanged weights are never sent twice."""
+    return tuple(t._version for t in model.state_dict(keep_vars=True).values())
+
+
 def tokenizer_fingerprint(path: str | Path) -> str:
     """Same fingerprint = same vocabulary: what makes two checkpoints one lineage (MOPD teachers)."""
     vocab = AutoTokenizer.from_pretrained(path).get_vocab()

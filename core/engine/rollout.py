@@ -86,7 +86,7 @@ class HFRolloutEngine(RolloutEngine):
             length = ids.index(eos) + 1 if eos in ids else len(ids)  # keep the eos: the model must learn to stop
             experts = None
             if routing is not None:  # [prompt + generated tokens, layers, k]
-                experts = _pad_routing(routing[i], len(prompts[i]) + length)
+                experts = pad_routing(routing[i], len(prompts[i]) + length)
             generations.append(Generation(ids[:length], logprobs[i, :length].tolist(),
                                           "stop" if eos in ids[:length] else "length", experts))
         return generations
@@ -242,8 +242,9 @@ def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
 
 
-def _pad_routing(experts: torch.Tensor, length: int) -> torch.Tensor:
-    """The last sampled token is never fed through the model (nothing follows it): its row is -1."""
+def pad_routing(experts: torch.Tensor, length: int) -> torch.Tensor:
+    """Cut or extend per-token routing [tokens, layers, k] to ``length`` rows. The last sampled token is never fed
+    through the model (nothing follows it): its row, like any missing one, is -1."""
     experts = experts[:length]
     if experts.shape[0] < length:
         filler = torch.full((length - experts.shape[0], *experts.shape[1:]), -1, dtype=experts.dtype)

@@ -37,12 +37,14 @@ def tiny_nemotron_h_config(vocab_size: int, hidden_size: int = 128, **overrides)
 
     Token ids default to the layout of `cascade.tokenizer.train_chat_tokenizer` (pad `<|endoftext|>` = 0,
     eos `<|im_end|>` = 2, no bos); pass `pad_token_id=` / `eos_token_id=` to override for another tokenizer.
-    Any other field of `NemotronHConfig` can be overridden too (e.g. `layers_block_type=[...]`).
+    Any other field of `NemotronHConfig` can be overridden too: `hybrid_override_pattern="M*-M*-"` (NemotronH's
+    letters, as in `TINY_PATTERN`) or `layers_block_type=[...]` sets the blocks.
     """
+    pattern = overrides.pop("hybrid_override_pattern", TINY_PATTERN)
     fields = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        layers_block_type=NemotronHConfig._pattern_to_list(TINY_PATTERN),
+        layers_block_type=NemotronHConfig._pattern_to_list(pattern),
         tie_word_embeddings=False,
         pad_token_id=0,
         bos_token_id=None,

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cascade.config import validate_options
-from cascade.engine.policy import DTYPES, Policy, load_policy
+from cascade.engine.policy import DTYPES, Policy, load_policy, weights_version
 from cascade.engine.rollout import HFRolloutEngine
 from cascade.types import Generation, RolloutEngine, SamplingParams
 from cascade_ray.cluster import ActorOptions, Worker, start_actors, stop_actors
@@ -77,7 +77,7 @@ class RayRolloutEngine(RolloutEngine):
 
     def load_weights(self, model: nn.Module) -> None:
         """Put ``model``'s weights in the object store for the actor, unless they are the ones sent last."""
-        versions = tensor_versions(model)
+        versions = weights_version(model)
         if versions == self.sent_versions:
             return
         self.weights = ray.put(model.state_dict())  # serialised now: later in-place updates do not reach this copy
@@ -95,7 +95,3 @@ class RayRolloutEngine(RolloutEngine):
         """Stop the actor now rather than when this engine is garbage-collected."""
         stop_actors([self.actor])
 
-
-def tensor_versions(model: nn.Module) -> tuple[int, ...]:
-    """Version counters of every weight and buffer: torch bumps one on each in-place write to its tensor."""
-    return tuple(t._version for t in model.state_dict(keep_vars=True).values())

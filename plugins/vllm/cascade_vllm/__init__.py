@@ -1,0 +1,1 @@
+"""cascade-vllm: the ``vllm`` rollout engine (``rollout=vllm``)."""
