@@ -24,11 +24,11 @@ engine's (greedy decoding is the same, token for token).
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -81,7 +81,7 @@ class VLLMRolloutEngine(RolloutEngine):
                               f"(CUDA, ROCm and XPU only); set it false")
         self.policy, self.config = policy, config
         model = policy.model
-        self.moe = bool(find_routers(model))
+        self.moe_layers = len(find_routers(model))
         arguments = dict(model=model.name_or_path, dtype=next(n for n, d in DTYPES.items() if d == model.dtype),
                          max_model_len=config.max_model_len, enforce_eager=config.enforce_eager, seed=0,
                          logprobs_mode="processed_logprobs", enable_sleep_mode=config.sleep)
@@ -89,7 +89,7 @@ class VLLMRolloutEngine(RolloutEngine):
             arguments["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
         else:
             arguments["gpu_memory_utilization"] = config.gpu_memory_utilization
-        if self.moe and config.record_routing and current_platform.is_cuda_alike():  # its CPU backend runs no MoE
+        if self.moe_layers and config.record_routing and current_platform.is_cuda_alike():  # its CPU backend runs no MoE
             arguments["enable_return_routed_experts"] = True
         arguments.update(config.engine_kwargs)
         with _engine_environment(config.in_process, arguments.get("enable_return_routed_experts", False)):
@@ -150,7 +150,11 @@ class VLLMRolloutEngine(RolloutEngine):
         logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, ids)]
         experts = None
         if getattr(completion, "routed_experts", None) is not None:  # [tokens, MoE layers, k]
-            experts = pad_routing(torch.as_tensor(completion.routed_experts, dtype=torch.long), prompt_length + len(ids))
+            experts = torch.as_tensor(completion.routed_experts, dtype=torch.long)
+            if experts.ndim != 3 or experts.shape[1] != self.moe_layers:
+                raise RuntimeError(f"vLLM returned routed experts of shape {tuple(experts.shape)}; routing replay needs "
+                                   f"[tokens, {self.moe_layers} MoE layers, k]")
+            experts = pad_routing(experts, prompt_length + len(ids))
         return Generation(ids, logprobs, "stop" if ids and ids[-1] == eos else "length", experts)
 
     def _wake(self) -> None:
@@ -195,7 +199,9 @@ def _engine_environment(in_process: bool, routing: bool):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
     if in_process:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    if routing:  # vLLM returns routed experts from its second model runner only
+    if routing and importlib.util.find_spec("vllm.config.aux_output"):
+        # since routed experts became an "auxiliary output" (after 0.29), vLLM returns them from its second model
+        # runner only; 0.29 returns them from the default one
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "1")
     set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
