@@ -60,6 +60,12 @@ def save_policy(policy: Policy, path: str | Path) -> Path:
     return write_dir_atomic(Path(path), write)
 
 
+def dtype_name(model: torch.nn.Module) -> str:
+    """The ``model.dtype`` setting (a key of ``DTYPES``) a loaded model runs in: what an engine loading its own copy
+    of the checkpoint asks for."""
+    return next(name for name, dtype in DTYPES.items() if dtype == model.dtype)
+
+
 def weights_version(model: torch.nn.Module) -> tuple[int, ...]:
     """Version counters of every weight and buffer: torch bumps one on each in-place write to its tensor (optimizer
     step, expert-bias balancing, a resumed checkpoint). Engines holding their own copy of the policy compare it to

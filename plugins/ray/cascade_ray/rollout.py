@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cascade.config import validate_options
-from cascade.engine.policy import DTYPES, Policy, load_policy, weights_version
+from cascade.engine.policy import Policy, dtype_name, load_policy, weights_version
 from cascade.engine.rollout import HFRolloutEngine
 from cascade.types import Generation, RolloutEngine, SamplingParams
 from cascade_ray.cluster import ActorOptions, Worker, start_actors, stop_actors
@@ -66,8 +66,7 @@ class RayRolloutEngine(RolloutEngine):
         config = validate_options(RayRolloutOptions, options, "rollout.options")
         self.policy = policy
         model = policy.model
-        dtype = next(name for name, dtype in DTYPES.items() if dtype == model.dtype)
-        [self.actor] = start_actors(RolloutWorker, config, 1, "ray rollout engine", model.name_or_path, dtype,
+        [self.actor] = start_actors(RolloutWorker, config, 1, "ray rollout engine", model.name_or_path, dtype_name(model),
                                     config.batch_size, config.record_routing, Numerics.of_this_process())
         self.weights: ray.ObjectRef | None = None
         """The last weights sent, kept so that a restarted actor can load them again."""

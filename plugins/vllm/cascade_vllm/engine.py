@@ -16,9 +16,9 @@ the state dict in the checkpoint's own names, in memory (``weight_sync: memory``
 written to a temporary directory and read back (``disk``). The prefix cache is then dropped: its entries were
 computed with the old weights.
 
-Sampling: vLLM draws with its own generator, seeded per prompt from ``params.seed`` or, when the stage passes none,
-from the trainer's global torch generator, so a seeded run is reproducible; the draws are not the transformers
-engine's (greedy decoding is the same, token for token).
+Sampling: one request per completion, each with its own seed (``params.seed`` plus its index or, when the stage
+passes none, a base drawn from the trainer's global torch generator), so a seeded run is reproducible; the draws
+are not the transformers engine's (greedy decoding is the same, token for token).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from transformers.core_model_loading import revert_weight_conversion
 
 from cascade.config import ConfigError, validate_options
 from cascade.engine.moe import find_routers
-from cascade.engine.policy import DTYPES, Policy, weights_version
+from cascade.engine.policy import Policy, dtype_name, weights_version
 from cascade.engine.rollout import pad_routing
 from cascade.types import Generation, RolloutEngine, SamplingParams
 
@@ -82,7 +82,7 @@ class VLLMRolloutEngine(RolloutEngine):
         self.policy, self.config = policy, config
         model = policy.model
         self.moe_layers = len(find_routers(model))
-        arguments = dict(model=model.name_or_path, dtype=next(n for n, d in DTYPES.items() if d == model.dtype),
+        arguments = dict(model=model.name_or_path, dtype=dtype_name(model),
                          max_model_len=config.max_model_len, enforce_eager=config.enforce_eager, seed=0,
                          logprobs_mode="processed_logprobs", enable_sleep_mode=config.sleep)
         if config.kv_cache_gib is not None:
