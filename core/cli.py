@@ -93,7 +93,7 @@ def run_task(cfg) -> float | None:
 
     from cascade.runner import CascadeRunner
 
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(torch_threads(cfg.threads))
     hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the console logger
     run_dir = resolve_run_dir(cfg, Path(HydraConfig.get().runtime.output_dir))
     runner = CascadeRunner(cfg, plugins(), run_dir)
@@ -102,6 +102,16 @@ def run_task(cfg) -> float | None:
         return None
     stage, domain = runner.objective
     return report["scores"][stage][domain]
+
+
+def torch_threads(threads: int) -> int:
+    """The ``threads`` setting as a count (0: ``OMP_NUM_THREADS``, else the CPUs this process may use)."""
+    if threads < 0:
+        raise ConfigError(f"threads={threads}: give a positive count, or 0 for OMP_NUM_THREADS / every CPU")
+    if threads:
+        return threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return int(omp) if omp.isdigit() and int(omp) > 0 else len(os.sched_getaffinity(0))
 
 
 def resolve_run_dir(cfg, fresh: Path) -> Path:

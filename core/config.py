@@ -108,8 +108,9 @@ class AppConfig:
     """Where the run writes; default: Hydra's output directory."""
     resume: Any = False
     """``true``: continue the newest unfinished run of this cascade; or the run directory to continue."""
-    threads: int = 1
-    """torch threads; more than one on a small shared CPU is much slower."""
+    threads: int = 0
+    """torch threads; 0: ``OMP_NUM_THREADS`` if set (the tests set 1: processes running side by side on a small CPU
+    are much slower with several threads each), else every CPU this process may use."""
     objective: Optional[str] = None
     """``STAGE.DOMAIN``: the held-out score ``cascade train`` returns to Hydra, the number a sweeper such as
     Optuna optimizes (``objective=if_rl.if``: IF's score after the ``if_rl`` stage); None returns nothing."""

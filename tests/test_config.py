@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import TOY_ARGS
 
@@ -104,3 +106,19 @@ def test_default_smoke_and_math_cascades_compose():
     assert list(math.cascade.domains) == ["math"]
     assert math.model.options.hidden_size == 128
 
+
+
+def test_threads_zero_means_omp_num_threads_else_every_cpu(monkeypatch):
+    from cascade.cli import torch_threads
+
+    assert torch_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert torch_threads(0) == 2
+    cpus = len(os.sched_getaffinity(0))
+    for unusable in ("", "0", "many"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert torch_threads(0) == cpus
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert torch_threads(0) == cpus
+    with pytest.raises(ConfigError, match="threads=-1"):
+        torch_threads(-1)

@@ -289,15 +289,16 @@ def naive_scan(x, dt, A, B, C, D, dt_bias, seq_idx, initial_states=None):
     return torch.stack(ys, dim=1), h
 
 
+@pytest.mark.parametrize("chunk_size", [8, 64])  # 64, the default model's, is computed in blocks of SCAN_BLOCK
 @pytest.mark.parametrize("with_initial_state", [False, True])
-def test_chunk_scan_matches_sequential_recurrence_with_resets(with_initial_state):
+def test_chunk_scan_matches_sequential_recurrence_with_resets(with_initial_state, chunk_size):
     g = torch.Generator().manual_seed(0)
     batch, seq_len = SEQ_IDX.shape
     args = scan_inputs(g, batch, seq_len, heads=4, groups=2)
     x, dt, A, B, C = args["pos"]
     init = torch.randn(batch, 4, 3, 5, generator=g) if with_initial_state else None
     kw = dict(D=args["D"], dt_bias=args["dt_bias"], initial_states=init, dt_softplus=True)
-    y, final = packing.mamba2_chunk_scan(x, dt, A, B, C, 8, **kw, return_final_states=True, seq_idx=SEQ_IDX)
+    y, final = packing.mamba2_chunk_scan(x, dt, A, B, C, chunk_size, **kw, return_final_states=True, seq_idx=SEQ_IDX)
     y_ref, final_ref = naive_scan(x, dt, A, B, C, args["D"], args["dt_bias"], SEQ_IDX, init)
     torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(final, final_ref, atol=1e-4, rtol=1e-4)

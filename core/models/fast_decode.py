@@ -47,7 +47,7 @@ import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 from transformers.activations import ACT2FN
 
 from cascade.models.fallbacks import FallbackPatch
-from cascade.models.packing import discretization_step, pad_sequence_end
+from cascade.models.packing import discretization_step, pad_sequence_end, scan_block
 
 # name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
 _KERNELS = {
@@ -171,6 +171,7 @@ def mamba2_chunk_scan(
         )
     batch, seq_len, heads, head_dim = hidden_states.shape
     groups, state_size = B.shape[2], B.shape[3]
+    chunk_size = scan_block(chunk_size)
     per_group = heads // groups
 
     dt = discretization_step(dt, dt_bias, dt_softplus, dt_limit).float()
