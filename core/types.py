@@ -144,6 +144,9 @@ class Environment(abc.ABC):
 
     domain: str = ""
     max_turns: int = 1
+    parallel_steps: int = 1
+    """How many :meth:`step` calls the rollout loop may run at once (threads), for steps that wait on a
+    subprocess (a sandboxed tool run). Above 1, ``step`` must be thread-safe."""
 
     @abc.abstractmethod
     def samples(self, split: str, n: int, seed: int) -> list[Sample]:
@@ -166,6 +169,11 @@ class Reward(abc.ABC):
     :class:`cascade.rewards.isolated` workers and return 0 with ``info["status"]``. A ``close()`` method,
     if present, is called when the run ends (environments too).
     """
+
+    per_episode: bool = False
+    """True when an episode's score does not depend on the other episodes passed with it (tests passed, an exact
+    answer): the engine may then score several groups in one :meth:`score` call, which keeps a reward's worker pool
+    busy (held-out evaluation scores every episode as a group of one). Pairwise judges leave it False."""
 
     @abc.abstractmethod
     def score(self, episodes_G: Sequence[Episode]) -> list[RewardResult]:

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from cascade import Environment, Episode, Reward, RewardResult, Sample, StepResult
 from cascade.config import ConfigError, EvalConfig
-from cascade.engine.grpo import Batch, GRPOStage, group_advantages, score_group
+from cascade.engine.grpo import Batch, GRPOStage, group_advantages, score_group, score_groups
 from cascade.engine.moe import ExpertBalancer, find_routers, freeze_routers
 from cascade.engine.policy import init_checkpoint, load_policy, save_policy
 from cascade.engine.rollout import HFRolloutEngine, collect_episodes, generation_prefix
@@ -130,6 +130,41 @@ def test_rollout_logprobs_match_the_trainer_and_routing_is_recorded(policy):
             trainer_logprobs, _ = token_logprobs(policy.model.eval(), ids, temperature=0.8)
             expected = trainer_logprobs[0, len(prompt) - 1:]
             assert torch.allclose(expected, torch.tensor(gen.logprobs), atol=1e-3)
+
+
+def test_parallel_environment_steps_overlap_and_change_nothing(policy):
+    """``parallel_steps``: the environment's answers run side by side, and the episodes are those of one by one."""
+    import threading
+    import time
+
+    class SlowTwoTurns(TwoTurns):
+        def __init__(self, parallel_steps):
+            self.parallel_steps, self.running, self.most = parallel_steps, 0, 0
+            self.lock = threading.Lock()
+
+        def step(self, sample, messages):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.05)  # a sandboxed tool run
+            with self.lock:
+                self.running -= 1
+            return super().step(sample, messages)
+
+    class Answering(RolloutEngine):
+        """Answers every turn with one token and the eos (the random model would rarely stop)."""
+
+        def generate(self, prompts_B, params):
+            return [[Generation([len(p) % 50 + 10, policy.eos_id], [-1.0, -0.5], "stop")] * params.n for p in prompts_B]
+
+    runs = {}
+    for workers in (1, 4):
+        env = SlowTwoTurns(workers)
+        params = SamplingParams(max_new_tokens=6, temperature=1.0, n=2)
+        episodes = collect_episodes(Answering(), policy, env, env.samples("train", 3, 0), params)
+        runs[workers] = ([(e.token_ids, e.loss_mask, e.messages, e.metrics) for e in episodes], env.most)
+    assert runs[4][0] == runs[1][0]
+    assert runs[1][1] == 1 and runs[4][1] > 1
 
 
 def test_greedy_generation_is_deterministic(policy):
@@ -252,6 +287,33 @@ def test_score_group_turns_a_crashing_reward_into_zeros():
     group = [Episode(Sample("s", "d", []), [], [], [], [])] * 2
     assert score_group(Crashing(), group) == ([0.0, 0.0], {"error": 2})
     assert score_group(Timing(), group) == ([0.0, 1.0], {"timeout": 1, "ok": 1})
+
+
+def test_score_groups_scores_per_episode_rewards_in_one_call_and_isolates_a_failing_group():
+    def episodes(sample_id, n):
+        return [Episode(Sample(sample_id, "d", []), [{"role": "assistant", "content": str(i)}], [], [], []) for i in range(n)]
+
+    class ByLength(Reward):
+        """The value is the episode's index in its group: wrong if groups were merged or split wrongly."""
+
+        def __init__(self, per_episode):
+            self.per_episode, self.calls = per_episode, []
+
+        def score(self, episodes_G):
+            self.calls.append(len(episodes_G))
+            if any(e.sample.id == "bad" for e in episodes_G):
+                raise RuntimeError("boom")
+            return [RewardResult(float(e.messages[-1]["content"]), info={"status": e.sample.id}) for e in episodes_G]
+
+    groups = [episodes("a", 2), episodes("b", 3), episodes("c", 1)]
+    expected = [([0.0, 1.0], {"a": 2}), ([0.0, 1.0, 2.0], {"b": 3}), ([0.0], {"c": 1})]
+    joint, alone = ByLength(per_episode=True), ByLength(per_episode=False)
+    assert score_groups(joint, groups) == expected and joint.calls == [6]
+    assert score_groups(alone, groups) == expected and alone.calls == [2, 3, 1]
+    # a joint call that fails is retried group by group: only the bad group scores 0
+    joint.calls.clear()
+    result = score_groups(joint, [groups[0], episodes("bad", 2), groups[2]])
+    assert result == [expected[0], ([0.0, 0.0], {"error": 2}), expected[2]] and joint.calls == [5, 2, 2, 1]
 
 
 # ---- trainer -----------------------------------------------------------------------------------------

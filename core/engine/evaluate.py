@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from cascade.engine.grpo import score_group
+from cascade.engine.grpo import score_groups
 from cascade.engine.policy import Policy, load_policy
 from cascade.engine.rollout import HFRolloutEngine, collect_episodes
 from cascade.types import Checkpoint, Environment, Reward, SamplingParams
@@ -29,8 +29,7 @@ def evaluate(checkpoint: Checkpoint, environment: Environment, reward: Reward, o
     params = SamplingParams(options.max_new_tokens, options.temperature, 1.0, 1, seed)
     episodes = collect_episodes(HFRolloutEngine(policy, options.batch_size), policy, environment, samples, params, options.thinking)
     values, statuses = [], Counter()
-    for episode in episodes:
-        scores, counts = score_group(reward, [episode])
+    for scores, counts in score_groups(reward, [[episode] for episode in episodes]):
         values += scores
         statuses.update(counts)
     return {

@@ -8,6 +8,7 @@ PPO-clip form applies. No KL term by default (RLHF sets ``kl_coef: 0.03`` to the
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections import Counter
@@ -105,17 +106,36 @@ class PolicyGradient:
         return {"clip_fraction": sums.get("clipped_tokens", 0.0) / (batch.mask.sum().item() * updates)}
 
 
+def _scored(reward: Reward, episodes: Sequence[Episode]) -> list[tuple[float, str]] | None:
+    """(value, status) per episode, or None when the reward raised or returned the wrong number of results."""
+    try:
+        results = reward.score(episodes)
+        if len(results) != len(episodes):
+            raise ValueError(f"returned {len(results)} results for {len(episodes)} episodes")
+        return [(float(r.value), str(r.info.get("status", "ok"))) for r in results]
+    except Exception:  # noqa: BLE001 - any reward failure is scored, not raised
+        return None
+
+
+def _values_and_statuses(scored: Sequence[tuple[float, str]]) -> tuple[list[float], Counter]:
+    return [value for value, _ in scored], Counter(status for _, status in scored)
+
+
 def score_group(reward: Reward, group: Sequence[Episode]) -> tuple[list[float], Counter]:
     """Score one group; a reward that raises scores 0 (counted), never stops training."""
-    try:
-        results = reward.score(group)
-        if len(results) != len(group):
-            raise ValueError(f"returned {len(results)} results for {len(group)} episodes")
-        values = [float(r.value) for r in results]
-        statuses = [str(r.info.get("status", "ok")) for r in results]
-    except Exception:  # noqa: BLE001 - any reward failure is scored, not raised
-        values, statuses = [0.0] * len(group), ["error"] * len(group)
-    return values, Counter(statuses)
+    return _values_and_statuses(_scored(reward, group) or [(0.0, "error")] * len(group))
+
+
+def score_groups(reward: Reward, groups: Sequence[Sequence[Episode]]) -> list[tuple[list[float], Counter]]:
+    """Score several groups: in one ``score`` call when the reward scores each episode on its own
+    (``Reward.per_episode``: a sandbox pool then runs every group's programs side by side), else group by group.
+    A joint call that fails is retried group by group, so a bad group costs only its own scores."""
+    if reward.per_episode and len(groups) > 1:
+        scored = _scored(reward, [e for group in groups for e in group])
+        if scored is not None:
+            ends = list(itertools.accumulate(len(group) for group in groups))
+            return [_values_and_statuses(scored[end - len(group):end]) for group, end in zip(groups, ends)]
+    return [score_group(reward, group) for group in groups]
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -209,9 +229,8 @@ class GRPOStage(Stage):
         episodes = collect_episodes(engine, policy, context.environment(domain), pool, params, cfg.thinking)
         reward = self.reward(domain, context)
         kept = []
-        for i, sample in enumerate(pool):
-            group = episodes[i * n:(i + 1) * n]
-            values, _ = score_group(reward, group)
+        groups = [episodes[i * n:(i + 1) * n] for i in range(len(pool))]
+        for sample, group, (values, _) in zip(pool, groups, score_groups(reward, groups)):
             if not all(v >= 1.0 and not e.truncated for e, v in zip(group, values)):
                 kept.append(sample)
         if not kept:
@@ -237,9 +256,8 @@ class GRPOStage(Stage):
             for domain, samples in self.draw(pools, need, context.seed, step, round_).items():
                 env, reward = context.environment(domain), self.reward(domain, context)
                 episodes = collect_episodes(engine, policy, env, samples, params, cfg.thinking)
-                for g in range(len(samples)):
-                    group = episodes[g * cfg.group_size:(g + 1) * cfg.group_size]
-                    values, counts = score_group(reward, group)
+                groups = [episodes[g * cfg.group_size:(g + 1) * cfg.group_size] for g in range(len(samples))]
+                for group, (values, counts) in zip(groups, score_groups(reward, groups)):
                     values = [cfg.overlong_reward if e.truncated else v for e, v in zip(group, values)]
                     statuses.update(counts)
                     stats["groups"] += 1

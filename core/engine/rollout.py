@@ -7,6 +7,7 @@ is 1 up to numerics), and for MoE models the experts chosen per token and layer 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -310,6 +311,7 @@ def collect_episodes(
         if not active:
             break
         generations = engine.generate([r.token_ids for r in active], one)
+        answered = []  # the rollouts whose turn the environment answers, after this loop (side by side)
         for r, (gen,) in zip(active, generations):
             r.token_ids += gen.token_ids
             r.loss_mask += [1] * len(gen.token_ids)
@@ -323,7 +325,8 @@ def collect_episodes(
             if gen.finish_reason == "length":
                 r.truncated = r.done = True
                 continue
-            step = env.step(r.sample, r.messages)
+            answered.append(r)
+        for r, step in zip(answered, _environment_steps(env, answered)):
             r.metrics.update(step.metrics)
             if step.done or turn == env.max_turns - 1:
                 r.done = True
@@ -333,6 +336,14 @@ def collect_episodes(
         Episode(r.sample, r.messages, r.token_ids, r.loss_mask, r.logprobs, _merge_routing(r.routed), r.truncated, metrics=r.metrics)
         for r in rollouts
     ]
+
+
+def _environment_steps(env: Environment, rollouts: list[_Rollout]) -> list:
+    """``env.step`` for each rollout, in order; ``env.parallel_steps`` of them at a time."""
+    if env.parallel_steps <= 1 or len(rollouts) <= 1:
+        return [env.step(r.sample, r.messages) for r in rollouts]
+    with ThreadPoolExecutor(max_workers=env.parallel_steps, thread_name_prefix="env-step") as pool:
+        return list(pool.map(lambda r: env.step(r.sample, r.messages), rollouts))
 
 
 def _append_environment_turn(policy: Policy, r: _Rollout, new_messages: list[Message], thinking: bool) -> None:

@@ -64,6 +64,8 @@ class CodeTestsReward(Reward):
     error), ``tests_passed``, ``tests`` and a short ``detail``. Never raises.
     """
 
+    per_episode = True  # several groups are scored in one call: their programs share the pool
+
     def __init__(self, wall_seconds: float = 3.0, cpu_seconds: int = 2, memory_mb: int = 256, workers: int = 2,
                  rel_tol: float = 1e-6, abs_tol: float = 1e-9):
         self.limits = Limits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_mb=memory_mb, processes=16,

@@ -35,12 +35,16 @@ class MathEnvironment(Environment):
     :mod:`cascade.environments.python_tool` (``tool_options`` are its :class:`PythonTool` fields), the model may
     run up to ``max_calls`` cells before its answer (``max_turns`` = ``max_calls`` + 1), and the demonstrations
     are tool-integrated: one cell computing the answer from the question's numbers, its output, the boxed answer.
+    ``parallel_steps``: the cells of that many rollouts run in the sandbox at once.
     """
 
     def __init__(self, difficulties: Sequence[int] = (1, 2), kinds: Sequence[str] = KINDS,
-                 python_tool: bool = False, tool_options: Mapping[str, Any] | None = None):
+                 python_tool: bool = False, tool_options: Mapping[str, Any] | None = None, parallel_steps: int = 2):
         if tool_options and not python_tool:
             raise ValueError("tool_options are given but python_tool is false: set python_tool: true to use them")
+        if isinstance(parallel_steps, bool) or not isinstance(parallel_steps, int) or parallel_steps < 1:
+            raise ValueError(f"parallel_steps must be a positive integer, got {parallel_steps!r}")
+        self.parallel_steps = parallel_steps
         self.difficulties = list(difficulties)
         self.kinds = list(kinds)
         self.tool = PythonTool(**(tool_options or {})) if python_tool else None

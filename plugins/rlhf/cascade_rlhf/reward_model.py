@@ -208,6 +208,7 @@ class RewardModelReward(Reward):
         self.batch_size = batch_size
         self.max_length = max_length
         self.normalize = normalize
+        self.per_episode = not normalize  # raw scores: several groups go through the model in one batch
 
     @torch.no_grad()
     def score(self, episodes_G: Sequence[Episode]) -> list[RewardResult]:

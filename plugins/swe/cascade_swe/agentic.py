@@ -19,6 +19,7 @@ or not.
 from __future__ import annotations
 
 import posixpath
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -111,7 +112,10 @@ class SweAgenticEnvironment(Environment):
     """Multi-turn repository work through tools (see the module docstring)."""
 
     def __init__(self, difficulties: Sequence[int] = (1,), max_turns: int = 6, cpu_seconds: int = 2, wall_seconds: float = 5.0,
-                 distractors: int = 2, bug_kinds: Sequence[str] = BUG_KINDS, held_out: str = "sites"):
+                 distractors: int = 2, bug_kinds: Sequence[str] = BUG_KINDS, held_out: str = "sites", parallel_steps: int = 2):
+        if isinstance(parallel_steps, bool) or not isinstance(parallel_steps, int) or parallel_steps < 1:
+            raise ValueError(f"parallel_steps must be a positive integer, got {parallel_steps!r}")
+        self.parallel_steps = parallel_steps  # rollouts whose tool calls run at once (run_tests waits on the sandbox)
         self.difficulties = list(difficulties)
         self.distractors = distractors
         self.bug_kinds = list(bug_kinds)
@@ -119,20 +123,23 @@ class SweAgenticEnvironment(Environment):
         self.max_turns = max_turns
         self.limits = sandbox.Limits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds)
         self._summaries: dict[tuple, str] = {}  # repository state -> run_tests summary, oldest first
+        self._summaries_lock = threading.Lock()  # steps run in threads (parallel_steps)
 
     def run_tests(self, files: Mapping[str, str]) -> str:
         """The visible tests' summary; a repository state seen before answers from the cache (the generated tests
         are deterministic, and the rollouts of a group often reach the same state)."""
         key = tuple(sorted(files.items()))
-        if key in self._summaries:
-            return self._summaries[key]
+        with self._summaries_lock:
+            if key in self._summaries:
+                return self._summaries[key]
         pending = suite_job(files, visible_tests(files), self.limits)
         result = sandbox.run(pending.job)
         summary = read_report(result, pending.nonce).summary()
         if result.status in ("passed", "failed"):  # not a timeout a loaded machine might not repeat
-            if len(self._summaries) >= _CACHED_STATES:
-                self._summaries.pop(next(iter(self._summaries)))
-            self._summaries[key] = summary
+            with self._summaries_lock:
+                if len(self._summaries) >= _CACHED_STATES:
+                    self._summaries.pop(next(iter(self._summaries)))
+                self._summaries[key] = summary
         return summary
 
     @staticmethod

@@ -64,6 +64,8 @@ def change_similarity(before: Mapping[str, str], after: Mapping[str, str], refer
 class SweTestsReward(Reward):
     """1 if the episode's repository passes every FAIL_TO_PASS and PASS_TO_PASS test (see the module docstring)."""
 
+    per_episode = True  # several groups are scored in one call: their test runs share the pool
+
     def __init__(self, similarity: bool = False, workers: int = 2, cpu_seconds: int = 2, wall_seconds: float = 5.0):
         self.similarity = similarity
         self.workers = workers
@@ -82,10 +84,10 @@ class SweTestsReward(Reward):
         patched = [self._patch(e) for e in episodes_G]
         if self.similarity:
             return [failure or self._similarity(e.sample, files) for e, (files, failure) in zip(episodes_G, patched)]
-        runs, same = {}, {}  # rollouts that wrote the same patch share one sandboxed run (the tests are deterministic)
+        runs, same = {}, {}  # rollouts of a task that wrote the same patch share one run (the tests are deterministic)
         for i, (episode, (files, _)) in enumerate(zip(episodes_G, patched)):
             if files is not None:
-                key = tuple(sorted(files.items()))
+                key = (episode.sample.id, tuple(sorted(files.items())))
                 if key in same:
                     continue
                 same[key] = i
@@ -102,7 +104,7 @@ class SweTestsReward(Reward):
             if failure:
                 out.append(failure)
                 continue
-            first = same[tuple(sorted(files.items()))]
+            first = same[(episode.sample.id, tuple(sorted(files.items())))]
             report = read_report(results[first], runs[first].nonce)
             verdict = grade(report, episode.sample.answer["fail_to_pass"], episode.sample.answer["pass_to_pass"])
             out.append(RewardResult(float(verdict.resolved), info={
