@@ -107,6 +107,9 @@ def test_domain_weights_set_the_sft_mix(policy):
 
     assert count({}) == 10 + 3  # weight 1: each domain's distinct demonstrations once, a small domain not inflated
     assert count({"few": 2.0, "sums": 0.5}) == 5 + 6
+    asked = []
+    envs["sums"].demonstrations = lambda n, seed: asked.append(n) or Arithmetic().demonstrations(n, seed)
+    assert count({"sums": 0.3, "few": 0}) == 3 and asked == [3]  # a share below 1 is asked for, 0 not at all
     with pytest.raises(ConfigError, match="unknown domain"):
         SFTStage("sft", SFTStage.Config(domain_weights={"sumz": 2.0}), ["sums"]).rows(policy.tokenizer, context)
 

@@ -371,6 +371,7 @@ def test_agentic_demonstrations_score_one_through_step(reward):
     env = SweAgenticEnvironment(difficulties=[1, 3])
     env.domain = "swe_agentic"
     demos = env.demonstrations(4, 0)
+    assert demos == SweAgenticEnvironment(difficulties=[1, 3], parallel_steps=1).demonstrations(4, 0)  # threads: same
     samples = {s.messages[1]["content"]: s for s in env.samples("train", 4, 1)}
     episodes = []
     for demo in demos:

@@ -61,7 +61,7 @@ class SFTStage(Stage):
         demonstrations_per_domain: int = 1000
         domain_weights: Dict[str, float] = field(default_factory=dict)
         """The mix: a domain's demonstrations (up to ``demonstrations_per_domain`` distinct ones) count ``weight``
-        times (default 1): 3 repeats them three times, 0.5 keeps the first half."""
+        times (default 1): 3 repeats them three times, 0.5 asks the domain for half as many, 0 for none."""
         optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, min_lr=5e-6, warmup_steps=200))
         checkpoint_every: int = 50
 
@@ -95,9 +95,15 @@ class SFTStage(Stage):
         if unknown:
             raise ConfigError(f"{self.name}.domain_weights: unknown domain(s) {sorted(unknown)}; the stage's domains are {self.domains}")
         for domain in self.domains:
-            demos = context.environment(domain).demonstrations(self.config.demonstrations_per_domain, context.seed)
+            weight = self.config.domain_weights.get(domain, 1.0)
+            if weight <= 0:
+                continue
+            # a share below 1 asks for fewer demonstrations rather than making all and dropping some (an agentic
+            # SWE demonstration runs the tests in the sandbox)
+            wanted = self.config.demonstrations_per_domain if weight >= 1 else max(1, round(weight * self.config.demonstrations_per_domain))
+            demos = context.environment(domain).demonstrations(wanted, context.seed)
             tokenized = [tokenize_conversation(tokenizer, conversation) for conversation in demos]
-            share = round(self.config.domain_weights.get(domain, 1.0) * len(tokenized))
+            share = round(weight * len(tokenized)) if weight >= 1 else len(tokenized)
             examples += [tokenized[i % len(tokenized)] for i in range(share)]
         if not examples:
             raise ConfigError(f"{self.name}: no demonstrations in domains {self.domains}: nothing to fine-tune on")

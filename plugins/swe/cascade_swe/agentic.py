@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import posixpath
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -173,14 +174,18 @@ class SweAgenticEnvironment(Environment):
         return [NO_THINKING + call for call in calls]
 
     def demonstrations(self, n, seed):
-        demos = []
-        for task in tasks(self.difficulties, "train", n, seed + 1, self.distractors, self.bug_kinds, self.held_out):
-            conversation = self.prompt(task)
-            sample = swe_sample(task, self.domain, list(conversation), "agentic")
-            for text in self.solution_turns(task):
-                conversation.append({"role": "assistant", "content": text})
-                step = self.step(sample, conversation)
-                if not step.done:
-                    conversation += step.messages
-            demos.append(conversation)
-        return demos
+        """The solution conversations, with the real tool answers; ``parallel_steps`` tasks at a time (each one's
+        ``run_tests`` waits on the sandbox)."""
+        train = tasks(self.difficulties, "train", n, seed + 1, self.distractors, self.bug_kinds, self.held_out)
+        with ThreadPoolExecutor(max_workers=self.parallel_steps, thread_name_prefix="swe-demo") as pool:
+            return list(pool.map(self.demonstration, train))
+
+    def demonstration(self, task: SweTask) -> list[Message]:
+        conversation = self.prompt(task)
+        sample = swe_sample(task, self.domain, list(conversation), "agentic")
+        for text in self.solution_turns(task):
+            conversation.append({"role": "assistant", "content": text})
+            step = self.step(sample, conversation)
+            if not step.done:
+                conversation += step.messages
+        return conversation
