@@ -385,5 +385,6 @@ def test_reward_model_then_rlhf_cascade(tmp_path, monkeypatch):
     assert len(rm_rows) == 10 and "eval_pair_accuracy" in rm_rows[-1]
     rows = [json.loads(line) for line in (tmp_path / "run" / "stages" / "02_rlhf" / "history.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("kl" in r and r["reward_errors"] == 0 for r in rows)
-    # training scored groups of 3 with the reward model, evaluation single episodes with the gold rubric
-    assert set(scored) == {3, -1} and scored.count(-1) == 2 * 12
+    # training scored a step's 2 groups of 3 in one reward-model batch (raw scores are per episode), evaluation
+    # single episodes with the gold rubric (it does not set per_episode: nothing to gain)
+    assert set(scored) == {6, -1} and scored.count(6) == 2 and scored.count(-1) == 2 * 12
