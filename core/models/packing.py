@@ -174,7 +174,7 @@ def _segment_sum(x: torch.Tensor) -> torch.Tensor:
 SCAN_BLOCK = 16
 """The largest chunk our chunk scans compute with. The SSD scan is exact for any chunk length (chunks only split the
 work between a part quadratic in the chunk length and a recurrence across chunks), so the model's ``chunk_size``, a
-GPU kernel's tile, need not be the CPU's. 16 took 0.49-0.77x the time of the default model's 64 on its prefill,
+GPU kernel's tile, need not be the CPU's. 16 took 0.49-0.74x the time of the default model's 64 on its prefill,
 GRPO and packed SFT shapes, and was never slower than 32 (``benchmarks/mamba_scan.py``); outputs agree to 6e-7."""
 
 
