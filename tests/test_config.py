@@ -88,9 +88,10 @@ def test_default_smoke_and_math_cascades_compose():
     smoke runs the same stages on the half-width model; math narrows to math SFT and GRPO."""
     searchpaths = PluginManager().load().config_searchpaths()
     default = compose([], searchpaths)
-    domains = ["math", "math_tool", "if", "mcq", "structured", "workplace", "rlhf", "longctx", "code", "swe_agentless", "swe_agentic"]
-    stages = ["sft", "if_rl", "multidomain_rl", "mopd", "reward_model", "rlhf", "longctx_rl", "code_rl", "swe_agentless",
-              "swe_agentic"]
+    domains = ["math", "math_tool", "if", "mcq", "structured", "workplace", "rlhf", "longctx", "code", "swe_agentless", "swe_agentic",
+               "retrieval"]
+    stages = ["retrieval_sft", "sft", "if_rl", "multidomain_rl", "mopd", "reward_model", "rlhf", "longctx_rl", "code_rl",
+              "swe_agentless", "swe_agentic"]
     assert list(default.cascade.domains) == domains and list(default.cascade.stages) == stages
     assert list(default.cascade.stages.mopd.domains) == ["math", "math_tool", "if", "mcq", "structured", "workplace"]
     assert default.cascade.domains.math_tool.variant_of == "math" and default.cascade.domains.math_tool.environment_options.python_tool
