@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from conftest import TOY_ARGS
@@ -81,6 +82,15 @@ def test_hydra_flags_work_after_overrides(fresh_cli, toy_env, capsys, tmp_path, 
     assert fresh_cli.main(["train", *TOY_ARGS, "seed=7", "--cfg", "job"]) == 0
     assert "seed: 7" in capsys.readouterr().out
     assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
+
+
+def test_readme_quotes_the_default_cascade_as_it_is():
+    """README shows conf/cascade/default.yaml whole: a stale copy there misleads every newcomer."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    head = "```yaml\n# conf/cascade/default.yaml\n"
+    quoted = readme[readme.index(head) + len(head):]
+    assert quoted[:quoted.index("```")] == (root / "conf" / "cascade" / "default.yaml").read_text()
 
 
 def test_default_smoke_and_math_cascades_compose():
