@@ -98,10 +98,9 @@ def test_default_smoke_and_math_cascades_compose():
     smoke runs the same stages on the half-width model; math narrows to math SFT and GRPO."""
     searchpaths = PluginManager().load().config_searchpaths()
     default = compose([], searchpaths)
-    domains = ["math", "math_tool", "if", "mcq", "structured", "workplace", "rlhf", "longctx", "code", "swe_agentless", "swe_agentic",
-               "retrieval"]
-    stages = ["retrieval_sft", "sft", "if_rl", "multidomain_rl", "mopd", "reward_model", "rlhf", "longctx_rl", "code_rl",
-              "swe_agentless", "swe_agentic"]
+    domains = ["math", "math_tool", "if", "mcq", "structured", "workplace", "rlhf", "longctx", "code", "swe_agentless", "swe_agentic"]
+    stages = ["sft", "if_rl", "multidomain_rl", "mopd", "reward_model", "rlhf", "longctx_rl", "code_rl", "swe_agentless",
+              "swe_agentic"]
     assert list(default.cascade.domains) == domains and list(default.cascade.stages) == stages
     assert list(default.cascade.stages.mopd.domains) == ["math", "math_tool", "if", "mcq", "structured", "workplace"]
     assert default.cascade.domains.math_tool.variant_of == "math" and default.cascade.domains.math_tool.environment_options.python_tool
@@ -110,6 +109,11 @@ def test_default_smoke_and_math_cascades_compose():
     smoke = compose(["cascade=smoke"], searchpaths)
     assert smoke.cascade.name == "smoke" and list(smoke.cascade.stages) == stages
     assert list(smoke.cascade.domains) == domains and smoke.model.options.hidden_size == 128
+    retrieval_first = compose(["cascade=retrieval_first"], searchpaths)
+    assert list(retrieval_first.cascade.domains) == [*domains, "retrieval"]
+    assert list(retrieval_first.cascade.order) == ["retrieval_sft", *stages]
+    assert retrieval_first.cascade.stages.retrieval_sft.domains == ["retrieval"]
+    assert retrieval_first.cascade.stages.sft.params.optim.lr == 1e-3 == default.cascade.stages.sft.params.optim.lr / 3
     forgetting = compose(["cascade=forgetting"], searchpaths)
     assert list(forgetting.cascade.domains) == domains and list(forgetting.cascade.order) == ["sft", "if_rl", "math_sft", "mopd"]
     math = compose(["cascade=math"], searchpaths)

@@ -32,8 +32,8 @@ def test_smoke_cascade_runs_every_stage_of_the_default(tmp_path, toy_env):
     run = tmp_path / "run"
     run_cascade(["train", "cascade=smoke", "loggers=[jsonl]", f"run_dir={run}"], toy_env, tmp_path, timeout=900)
     report = json.loads((run / "report.json").read_text())
-    stages = ["retrieval_sft", "sft", "if_rl", "multidomain_rl", "mopd", "reward_model", "rlhf", "longctx_rl", "code_rl",
-              "swe_agentless", "swe_agentic"]
+    stages = ["sft", "if_rl", "multidomain_rl", "mopd", "reward_model", "rlhf", "longctx_rl", "code_rl", "swe_agentless",
+              "swe_agentic"]
     assert report["complete"] and list(report["scores"]) == ["init", *stages]
     assert all(set(row) == set(report["domains"]) for row in report["scores"].values())
     assert report["scores"]["reward_model"] == report["scores"]["mopd"]  # it trains a reward model, not the policy
@@ -41,6 +41,6 @@ def test_smoke_cascade_runs_every_stage_of_the_default(tmp_path, toy_env):
     for index, stage in enumerate(stages, start=1):
         rows = history(run, f"{index:02d}_{stage}")
         assert rows and all(row["step"] == i for i, row in enumerate(rows, start=1)), stage
-    assert all("kl" in row for row in history(run, "07_rlhf"))
+    assert all("kl" in row for row in history(run, "06_rlhf"))
     assert {"cascade.png", "gains.png", "training.png"} <= {p.name for p in (run / "figures").iterdir()}
     assert "figures/cascade.png" in (run / "report.md").read_text()
