@@ -111,7 +111,8 @@ def test_default_smoke_and_math_cascades_compose():
     assert list(smoke.cascade.domains) == domains and smoke.model.options.hidden_size == 128
     retrieval_first = compose(["cascade=retrieval_first"], searchpaths)
     assert list(retrieval_first.cascade.domains) == [*domains, "retrieval"]
-    assert list(retrieval_first.cascade.order) == ["retrieval_sft", *stages]
+    # no explicit order: the runner takes the stages in config order, the retrieval stage first
+    assert retrieval_first.cascade.order is None and list(retrieval_first.cascade.stages) == ["retrieval_sft", *stages]
     assert retrieval_first.cascade.stages.retrieval_sft.domains == ["retrieval"]
     assert retrieval_first.cascade.stages.sft.params.optim.lr == 1e-3 == default.cascade.stages.sft.params.optim.lr / 3
     forgetting = compose(["cascade=forgetting"], searchpaths)
