@@ -35,7 +35,8 @@ class EvalConfig:
     temperature: float = 0.0
     """0 = greedy pass@1; above 0, sampled pass@1."""
     max_new_tokens: int = 128
-    batch_size: int = 32
+    batch_size: int = 256
+    """Completions decoded together: finished ones leave the batch, so a wide batch costs little (rollout engine)."""
     thinking: bool = False
     """Open answers with ``<think>\\n`` (thinking mode) instead of an empty ``<think></think>``."""
 

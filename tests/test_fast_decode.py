@@ -14,6 +14,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from cascade.engine.moe import RoutingRecorder, find_routers
 from cascade.engine.policy import Policy
 from cascade.models import fallbacks
+from cascade.engine import rollout
 from cascade.engine.rollout import HFRolloutEngine, _DecodeKVLayer, _next_token, _top_p, grouped_decode_attention
 from cascade.models import fast_decode, packing
 from cascade.models.tiny_nemotron_h import build_model, tiny_nemotron_h_config
@@ -321,6 +322,45 @@ def test_routing_is_the_routing_of_the_whole_sequence(model):
             full = recorder.per_sequence(len(ids), torch.ones(1, len(ids)))[0]
             # the same experts, as sets per token and layer (top-k order may differ for near-equal scores)
             assert torch.equal(gen.routed_experts[:-1].sort(-1).values, full[:-1].sort(-1).values)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.3])
+def test_finished_rows_leave_the_batch_and_every_row_is_unchanged(model, monkeypatch, temperature):
+    """Rows that end early are dropped from the decode batch; each row's tokens, log-probs and routing are what the
+    full-width batch gives (greedy), and a full forward's log-probs (sampled: dropping changes the random draws)."""
+    prompts = _prompts((7, 12, 4, 9, 5, 11, 6, 8, 10, 3, 13, 7, 6, 9, 12, 5))
+    params = SamplingParams(max_new_tokens=24, temperature=temperature, n=1, seed=3)
+    # an eos the rows emit at many different steps, so that the batch shrinks several times
+    seen = [g.token_ids for group in _engine(model).generate(prompts, params) for g in group]
+    eos = max(range(300), key=lambda t: len({row.index(t) for row in seen if t in row[:20]}))
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, a, k: widths.append(k["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        monkeypatch.setattr(rollout, "DROP_FINISHED_AT", 0)  # never drop
+        kept = [g for group in _engine(model, eos=eos).generate(prompts, params) for g in group]
+        full_widths, widths[:] = list(widths), []
+        monkeypatch.setattr(rollout, "DROP_FINISHED_AT", 16)  # drop as soon as one row of 16 has finished
+        dropped = [g for group in _engine(model, eos=eos).generate(prompts, params) for g in group]
+    finally:
+        hook.remove()
+    assert sum(g.finish_reason == "stop" for g in dropped) >= 3
+    assert set(full_widths[1:]) == {16} and len(set(widths[1:])) >= 3  # the batch shrank, more than once
+    if temperature == 0.0:
+        assert [g.token_ids for g in dropped] == [g.token_ids for g in kept]
+        for a, b in zip(dropped, kept):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+            # the last token (the eos) is fed only while its row stays in the batch: it routes nothing (-1) once dropped
+            assert torch.equal(a.routed_experts[:-1].sort(-1).values, b.routed_experts[:-1].sort(-1).values)
+            assert (a.routed_experts[-1] == -1).all()
+    for prompt, gen in zip(prompts, dropped):
+        ids = prompt + gen.token_ids
+        with RoutingRecorder(model) as recorder:
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, len(prompt) - 1:-1]
+        scaled = logits / (temperature or 1.0)
+        expected = torch.log_softmax(scaled, dim=-1).gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(gen.logprobs), expected, atol=1e-5, rtol=1e-5)
+        full = recorder.per_sequence(len(ids), torch.ones(1, len(ids)))[0]
+        assert torch.equal(gen.routed_experts[:-1].sort(-1).values, full[:-1].sort(-1).values)
 
 
 def test_top_p_is_transformers_top_p():

@@ -37,7 +37,7 @@ from cascade_ray.numerics import Numerics
 
 @dataclass
 class RayRolloutOptions(ActorOptions):
-    batch_size: int = 64
+    batch_size: int = 256
     record_routing: bool = True
 
 
