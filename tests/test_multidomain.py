@@ -110,6 +110,17 @@ def test_mcq_demonstrations_score_one():
         assert score(reward, sample, demo).value == 1.0
 
 
+def test_mcq_demonstrations_go_through_the_options_up_to_the_answer():
+    q = mcq.MCQ("id", "What is 5-4?", ("11", "20", "1", "3"), "C", "arithmetic", 2, "5-4 = 1.")
+    assert mcq.option_scan(q) == "A) 11 no. B) 20 no. C) 1 yes."
+    assert mcq.option_scan(mcq.MCQ("id", "s", ("1", "20"), "A", "arithmetic", 1, "")) == "A) 1 yes."
+    for prompt, answer in MCQEnvironment([1, 2, 3]).demonstrations(60, 0):
+        lines = prompt["content"].splitlines()[1:-1]  # the options, "A) 11"
+        letter = answer["content"].rsplit("Answer: ", 1)[1]
+        marked = [line + (" yes." if line[0] == letter else " no.") for line in lines[: "ABCDE".index(letter) + 1]]
+        assert answer["content"].endswith(" ".join(marked) + f" Answer: {letter}")
+
+
 # ---- structured output ---------------------------------------------------------------------------
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0},

@@ -15,9 +15,13 @@ among options and letters never seen with it. A model trained from scratch knows
 that is the split where choosing the answer, the skill RL trains, can be measured (the default cascade's
 tiny model scored chance on unseen stems after SFT and RL alike).
 
-The demonstrations work the value out before the letter (``7 m = 700 cm. Answer: B``): a small model
-can compute the value and then match it against the options, where the bare letter asked for both at
-once in one token (trained that way, the tiny default model stayed at chance).
+The demonstrations work the value out, then go through the options in order until one matches it, then
+give the letter (``7 m = 700 cm. A) 70 no. B) 700 yes. Answer: B``). Asked for the bare letter, the tiny
+default model stayed at chance (the value and its letter in one token); given the value first, it
+answered "A" whatever the value (run d12's SFT checkpoint: 12 of 12): finding which letter stands
+before a value is a lookup backwards through the prompt. Going through the options copies each
+``letter) option`` line forwards, compares it with the value just written, and the letter to answer is
+the one on the line marked ``yes``.
 
 Letter extraction (:func:`extract_letter`), on the answer with ``<think>`` sections removed, first
 rule that matches wins, and within a rule the *last* match:
@@ -216,9 +220,15 @@ class MCQEnvironment(Environment):
 
     def demonstrations(self, n, seed):
         return [
-            [{"role": "user", "content": q.prompt}, {"role": "assistant", "content": f"{NO_THINKING}{q.working} Answer: {q.answer}"}]
+            [{"role": "user", "content": q.prompt}, {"role": "assistant", "content": f"{NO_THINKING}{q.working} {option_scan(q)} Answer: {q.answer}"}]
             for q in self.questions("train", n, seed + 1)
         ]
+
+
+def option_scan(q: MCQ) -> str:
+    """The options in order up to the correct one, each marked: ``A) 70 no. B) 700 yes.`` (module docstring)."""
+    stop = LETTERS.index(q.answer)
+    return " ".join(f"{LETTERS[i]}) {option} {'yes' if i == stop else 'no'}." for i, option in enumerate(q.options[:stop + 1]))
 
 
 class MCQMatchReward(Reward):
