@@ -117,7 +117,7 @@ def test_mcq_demonstrations_go_through_the_options_up_to_the_answer():
     for prompt, answer in MCQEnvironment([1, 2, 3]).demonstrations(60, 0):
         lines = prompt["content"].splitlines()[1:-1]  # the options, "A) 11"
         letter = answer["content"].rsplit("Answer: ", 1)[1]
-        marked = [line + (" yes." if line[0] == letter else " no.") for line in lines[: "ABCDE".index(letter) + 1]]
+        marked = [line + (" yes." if line[0] == letter else " no.") for line in lines[: mcq.LETTERS.index(letter) + 1]]
         assert answer["content"].endswith(" ".join(marked) + f" Answer: {letter}")
 
 

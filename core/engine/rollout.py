@@ -131,18 +131,16 @@ def _sample(model, input_ids, attention_mask, expand, params: SamplingParams, eo
     done = torch.zeros(len(expand), dtype=torch.bool, device=logits.device)
     tokens = torch.full((len(expand), params.max_new_tokens), pad, dtype=torch.long, device=logits.device)
     logprobs = torch.zeros(len(expand), params.max_new_tokens, device=logits.device)
-    steps = 0
     with _attention_implementation(model, GROUPED_DECODE_ATTENTION):
         for step in range(params.max_new_tokens):
             token, logprob = _next_token(logits, params, generator)
             token = token.masked_fill(done, pad)  # finished rows still in the batch emit padding, as in generate
             tokens[rows, step] = token
             logprobs[rows, step] = logprob
-            steps = step + 1
             done |= token == eos
-            if bool(done.all()) or step == params.max_new_tokens - 1:
+            finished = int(done.sum())  # the step's one host sync: it decides both the stop and the drop
+            if finished == len(rows) or step == params.max_new_tokens - 1:
                 break  # the last sampled token is never fed: nothing would read its output
-            finished = int(done.sum())
             if finished * DROP_FINISHED_AT >= len(rows):
                 keep = (~done).nonzero().squeeze(1)
                 cache.reorder_cache(keep)
@@ -156,7 +154,7 @@ def _sample(model, input_ids, attention_mask, expand, params: SamplingParams, eo
                 for calls in recorder.calls:  # back to one row per completion; a row that left routes nothing (-1)
                     calls[-1] = calls[-1].new_full((len(expand), *calls[-1].shape[1:]), -1).index_copy_(0, rows, calls[-1])
             logits = out.logits[:, -1]
-    return tokens[:, :steps], logprobs[:, :steps]
+    return tokens[:, :step + 1], logprobs[:, :step + 1]  # the loop always ends on a break
 
 
 DROP_FINISHED_AT = 4
