@@ -2,8 +2,8 @@ r"""The Mamba-2 SSD chunk scan on CPU: which chunk length to compute with, and o
 
     OMP_NUM_THREADS=1 python -P benchmarks/mamba_scan.py [--rounds 7]
 
-The scan is exact for any chunk length, so cascade's scans (``cascade.models.fast_decode`` unpacked,
-``cascade.models.packing`` with ``seq_idx``) compute with ``min(model chunk_size, SCAN_BLOCK)`` (16). This measures
+The scan is exact for any chunk length, so cascade's scan (``cascade.models.ssd``, called by
+``cascade.models.fast_decode`` unpacked and by ``cascade.models.packing`` with ``seq_idx``) computes with ``min(model chunk_size, SCAN_BLOCK)`` (16). This measures
 that choice on the shapes the default cascade runs, with the default model's Mamba layer (16 heads of 32, state
 32, one B/C group, chunk_size 64):
 
@@ -66,17 +66,18 @@ def scan_functions(packed: bool) -> dict:
     import transformers.models.nemotron_h.modeling_nemotron_h as nemotron_h
 
     import cascade.models.packing as packing
+    import cascade.models.ssd as ssd
     from cascade.models import fast_decode
 
     ours = packing.mamba2_chunk_scan if packed else fast_decode.mamba2_chunk_scan
 
     def at_block(block):
         def run(kwargs):
-            saved, packing.SCAN_BLOCK = packing.SCAN_BLOCK, block
+            saved, ssd.SCAN_BLOCK = ssd.SCAN_BLOCK, block
             try:
                 return ours(chunk_size=MODEL_CHUNK, **kwargs)
             finally:
-                packing.SCAN_BLOCK = saved
+                ssd.SCAN_BLOCK = saved
         return run
 
     functions = {f"ours, chunk {b}": at_block(b) for b in BLOCKS}

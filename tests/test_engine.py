@@ -16,6 +16,7 @@ from cascade.engine.policy import init_checkpoint, load_policy, save_policy
 from cascade.engine.rollout import HFRolloutEngine, collect_episodes, generation_prefix
 from cascade.engine.sft import Packed, SFTStage, pack, tokenize_conversation
 from cascade.engine.trainer import NonFiniteLossError, OptimConfig, Trainer, token_logprobs
+from cascade.models.packing import packed_inputs
 from cascade.types import Generation, RolloutEngine, SamplingParams
 
 
@@ -234,6 +235,41 @@ def test_sft_loss_is_assistant_cross_entropy_of_each_sample_alone(policy):
     # the first token of the second sample is a prompt token: its target from sample one is masked
     assert mask2[0] == 0
     assert packed.item() == pytest.approx(expected / total, rel=1e-4)
+
+
+def test_sft_loss_projects_only_the_supervised_positions_with_the_same_loss_and_gradient(policy):
+    """Two rows of different lengths (right padding): the vocabulary head sees the supervised positions only,
+    and the loss and every gradient equal the full-logits cross-entropy's."""
+    demos = Arithmetic().demonstrations(3, 1)
+    (a, ma), (b, mb), (c, mc) = [tokenize_conversation(policy.tokenizer, d) for d in demos]
+    rows = [Packed(a + b, ma + mb, [len(a), len(b)]), Packed(c, mc, [len(c)])]
+    total = sum(sum(r.loss_mask[1:]) for r in rows)
+    trainer = Trainer(policy, OptimConfig(), 1)
+    seen = []
+    handle = policy.model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        loss = SFTStage.loss(policy.model, rows, trainer, total)
+    finally:
+        handle.remove()
+    assert seen == [total]
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
+    policy.model.zero_grad()
+
+    width = max(len(r.token_ids) for r in rows)
+    ids = torch.tensor([r.token_ids + [policy.pad_id] * (width - len(r.token_ids)) for r in rows])
+    mask = torch.tensor([r.loss_mask + [0] * (width - len(r.loss_mask)) for r in rows], dtype=torch.float32)
+    position_ids, seq_idx = packed_inputs([r.lengths for r in rows], width)
+    logits = policy.model(input_ids=ids, position_ids=position_ids, seq_idx=seq_idx, use_cache=False).logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    expected = (nll * mask[:, 1:].reshape(-1)).sum() / total
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert grads.keys() == {n for n, p in policy.model.named_parameters() if p.grad is not None}
+    for name, p in policy.model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    policy.model.zero_grad()
 
 
 def test_rows_for_step_depend_only_on_seed_and_step():

@@ -72,7 +72,8 @@ def shared_prompt_logprobs(model, batch, temperature: float = 1.0, with_entropy:
     if balancer is not None:
         balancer.token_mask = prompt_mask
     with replay_routing(model, prompt_routing) as replayed:
-        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions, use_cache=True)
+        # only the prompt's last position predicts a trained token: no vocabulary projection (or its backward) for the rest
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions, use_cache=True, logits_to_keep=1)
     hits, total = hits + replayed.hits, total + replayed.total
     cache = out.past_key_values
     cache.reorder_cache(groups)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict
 
@@ -130,7 +131,24 @@ class SFTStage(Stage):
         enable_packed_sequences()  # idempotent: the Mamba layers must honour seq_idx on CPU too
         position_ids, seq_idx = packed_inputs([r.lengths for r in rows], width)
         trainer.balancer.token_mask = attention_mask([r.token_ids for r in rows], width)
-        logits = model(input_ids=input_ids, position_ids=position_ids, seq_idx=seq_idx, use_cache=False).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none")
-        target_mask = mask[:, 1:].reshape(-1).float()
-        return (nll * target_mask).sum() / max(1, total_tokens)
+        predicts_target = torch.zeros_like(mask, dtype=torch.bool)
+        predicts_target[:, :-1] = mask[:, 1:].bool()  # position t is scored on token t + 1
+        with logits_only_at(model, predicts_target):
+            logits = model(input_ids=input_ids, position_ids=position_ids, seq_idx=seq_idx, use_cache=False).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][mask[:, 1:].bool()], reduction="sum")
+        return nll / max(1, total_tokens)
+
+
+@contextmanager
+def logits_only_at(model, positions: torch.Tensor):
+    """Within it, the model's ``logits`` are [N, vocab]: those of the ``positions`` (bool [batch, seq]) only.
+
+    The output head gets the selected hidden states (a forward pre-hook), so the vocabulary projection and its
+    backward skip the prompt tokens SFT does not train on (a third to most of a row). What a model does to the
+    head's output (a logit scale or soft cap) still applies: it is elementwise."""
+    head = model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0][positions], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()

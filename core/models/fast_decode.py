@@ -17,11 +17,9 @@ The versions here compute the same numbers with less work:
   directly, instead of `cat` + a grouped `conv1d` over K+1 positions of which one output is kept.
 * `mamba2_chunk_scan`, the SSD scan of a prefill and of GRPO's training forward (which continues each rollout
   from its prompt's cache, `cascade.engine.prefix_sharing`, so it runs forward and backward through this scan):
-  C Bᵀ once per B/C group instead of once per head on copies of B and C (the tiny model: 8 heads, 1 group), the
-  intra-chunk decay sums as one matmul (its backward too) instead of a masked cumsum, and the few chunks of a row
-  chained one after the other (as `mamba_ssm`'s state passing does) instead of an einsum over a
-  (chunks+1) x (chunks+1) decay matrix. About a third less time forward + backward. Packed rows (`seq_idx`) go
-  to the function it replaced: `cascade.models.packing`'s scan when packing is enabled.
+  `cascade.models.ssd.ssd_chunk_scan`, about a third less time forward + backward than transformers'. Packed
+  rows (`seq_idx`) go to the function it replaced: `cascade.models.packing`'s scan (the same one, with the
+  samples' boundaries) when packing is enabled.
 
 The arithmetic is the original's, in the same dtypes; results agree to float rounding, not bit for bit: the
 state update is one `addcmul` (which may use a fused multiply-add), the reductions (bmm over the state, the K-term
@@ -39,15 +37,13 @@ idempotent, undone by `disable_fast_decode()`. The rollout engine calls it when 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 from transformers.activations import ACT2FN
 
 from cascade.models.fallbacks import FallbackPatch
-from cascade.models.packing import discretization_step, pad_sequence_end, scan_block
+from cascade.models.ssd import scan_options, ssd_chunk_scan
 
 # name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
 _KERNELS = {
@@ -134,99 +130,12 @@ def causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activatio
     return out.to(hidden_states.dtype)
 
 
-@functools.lru_cache(maxsize=8)
-def _window_sum_matrix(size: int, device: torch.device) -> torch.Tensor:
-    """(size, size * size) 0/1 matrix W with (a @ W)[l * size + s] = sum_{k=s+1..l} a[k] (0 for s >= l): the sums of
-    transformers' `segment_sum` as one matmul. A sum of the same terms, all <= 0 here (log decays), so as exact as
-    its masked cumsum, and not a difference of cumsums (which loses precision far into a chunk). Its backward is
-    one matmul too, where a cumsum's is flip + cumsum + flip over the (heads x chunk x chunk) tensor."""
-    k = torch.arange(size, device=device)
-    l, s = k[:, None, None], k[None, :, None]
-    return ((s < k) & (k <= l)).to(torch.float32).reshape(size * size, size).T.contiguous()
-
-
-def mamba2_chunk_scan(
-    hidden_states,
-    dt,
-    A,
-    B,
-    C,
-    chunk_size,
-    D=None,
-    dt_bias=None,
-    initial_states=None,
-    dt_softplus=False,
-    dt_limit=(0.0, float("inf")),
-    return_final_states=False,
-    **kwargs,
-):
-    """The SSD chunked scan of a prefill or training forward (transformers' signature: hidden_states (b, l, h, p),
-    dt (b, l, h), A (h,), B and C (b, l, g, n)) with the heads of a B/C group kept together: C Bᵀ is computed
-    once per group and broadcast over its heads, where transformers copies B and C to every head first and takes
-    C Bᵀ per head. Packed rows (`seq_idx`, `cu_seqlens`) go to transformers' function."""
+def mamba2_chunk_scan(hidden_states, dt, A, B, C, chunk_size, **kwargs):
+    """The SSD chunked scan of a prefill or training forward (transformers' signature), as
+    `cascade.models.ssd.ssd_chunk_scan`. Packed rows (`seq_idx`, `cu_seqlens`) go to transformers' function."""
     if kwargs.get("seq_idx") is not None or kwargs.get("cu_seqlens") is not None:
-        return _ORIGINAL["mamba2_chunk_scan"](
-            hidden_states, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_states,
-            dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states, **kwargs,
-        )
-    batch, seq_len, heads, head_dim = hidden_states.shape
-    groups, state_size = B.shape[2], B.shape[3]
-    chunk_size = scan_block(chunk_size)
-    per_group = heads // groups
-
-    dt = discretization_step(dt, dt_bias, dt_softplus, dt_limit).float()
-
-    x = hidden_states.float()
-    pad = (chunk_size - seq_len % chunk_size) % chunk_size
-    n_chunks = (seq_len + pad) // chunk_size
-
-    def chunked(t: torch.Tensor) -> torch.Tensor:  # (b, seq_len, ...) -> (b, c, chunk, ...), zero padded
-        return pad_sequence_end(t, pad).reshape(batch, n_chunks, chunk_size, *t.shape[2:])
-
-    # Layout: b batch, c chunk, g group, h head in the group, l and s positions in the chunk, p head_dim, n state.
-    # Padded positions have x = 0 and A = 0 (no input, no decay), so the final state is untouched by them.
-    x_dt = chunked(x * dt[..., None]).view(batch, n_chunks, chunk_size, groups, per_group, head_dim)
-    x_dt = x_dt.permute(0, 1, 3, 4, 2, 5)  # (b, c, g, h, l, p)
-    B = chunked(B.float()).permute(0, 1, 3, 2, 4).unsqueeze(3)  # (b, c, g, 1, l, n): shared by the group's heads
-    C = chunked(C.float()).permute(0, 1, 3, 2, 4).unsqueeze(3)
-    A_dt = chunked(A.float() * dt).view(batch, n_chunks, chunk_size, groups, per_group).permute(0, 1, 3, 4, 2)
-    A_cumsum = A_dt.cumsum(-1)  # (b, c, g, h, l)
-
-    # 1. within each chunk: y_l = sum_{s <= l} (C_l . B_s) exp(A_{s+1} + ... + A_l) dt_s x_s. The causal mask goes
-    # on the per-group C Bᵀ, so the per-head decays need none (above the diagonal they are exp(0) times a masked 0).
-    causal = torch.ones(chunk_size, chunk_size, device=x.device, dtype=torch.bool).tril()
-    scores = (C @ B.transpose(-1, -2)).masked_fill(~causal, 0)  # (b, c, g, 1, l, s)
-    window_sums = (A_dt @ _window_sum_matrix(chunk_size, x.device)).unflatten(-1, (chunk_size, chunk_size))
-    Y = (scores * torch.exp(window_sums)) @ x_dt  # (b, c, g, h, l, p)
-
-    # 2. each chunk's own end state: sum_l exp(A_{l+1} + ... + A_end) dt_l x_l B_lᵀ
-    decay_to_end = torch.exp(A_cumsum[..., -1:] - A_cumsum)
-    states = (x_dt * decay_to_end[..., None]).transpose(-1, -2) @ B  # (b, c, g, h, p, n)
-
-    # 3. across chunks, sequentially as mamba_ssm's state passing: state entering chunk c + 1 = the one entering c,
-    # decayed over chunk c, plus chunk c's own end state. One step per chunk (a few per row in our workloads).
-    if initial_states is not None:
-        # a copy: the caller's cache is updated in place after the scan, and autograd keeps this state
-        state = initial_states.to(dtype=states.dtype, device=states.device, copy=True)
-        state = state.view(batch, groups, per_group, head_dim, state_size)
-    else:
-        state = torch.zeros_like(states[:, 0])
-    chunk_decay = torch.exp(A_cumsum[..., -1])[..., None, None]  # (b, c, g, h, 1, 1)
-    entering = []
-    for c in range(n_chunks):
-        entering.append(state)
-        state = state * chunk_decay[:, c] + states[:, c]
-    states, final_state = torch.stack(entering, dim=1), state
-
-    # 4. the entering state's contribution: C_l state exp(A_1 + ... + A_l)
-    Y = Y + (C @ states.transpose(-1, -2)) * torch.exp(A_cumsum)[..., None]
-
-    output = Y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n_chunks * chunk_size, heads, head_dim)[:, :seq_len]
-    if D is not None:
-        output = output + D[..., None] * x
-    if return_final_states:
-        return output, final_state.reshape(batch, heads, head_dim, state_size)
-    return output
+        return _ORIGINAL["mamba2_chunk_scan"](hidden_states, dt, A, B, C, chunk_size, **kwargs)
+    return ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, **scan_options(kwargs))
 
 
 _REPLACEMENT = {

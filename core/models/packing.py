@@ -45,11 +45,7 @@ predict the first token of the next one: mask those targets (or compute the loss
 Semantics of `seq_idx`: (batch, seq_len) integers; a new sample starts wherever the value changes from one position
 to the next (ids are normalised internally, so they need not be increasing). Padding should be a sample of its own.
 `initial_states`, when given, belongs to the first sample of each row; the returned final state is that of the last
-sample. The chunk scan masks (i) the intra-chunk decay matrix to same-sample pairs, (ii) each chunk's end state to
-the positions of the chunk-end sample, (iii) the inter-chunk state passing to chunk ends of the same sample and
-(iv) the state-to-output term to positions in the sample of the previous chunk end -- as `mamba_ssm`'s kernels do.
-Masked entries are set to exactly 0 after `exp` (`torch.where`, so no gradient flows through them either), not
-approximated by large negative numbers. (The decays are exp of sums of dt * A <= 0, so the unmasked values are finite.)
+sample. The chunk scan is `cascade.models.ssd`'s, which masks at the boundaries as `mamba_ssm`'s kernels do.
 """
 
 from __future__ import annotations
@@ -62,6 +58,7 @@ import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 from transformers.activations import ACT2FN
 
 from cascade.models.fallbacks import FallbackPatch
+from cascade.models.ssd import scan_options, ssd_chunk_scan
 
 # name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
 _PATCH = FallbackPatch(_nemotron_h, "__cascade_packed_original__", {
@@ -162,145 +159,16 @@ def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs
     return out.to(hidden_states.dtype)
 
 
-def _segment_sum(x: torch.Tensor) -> torch.Tensor:
-    """[..., T] -> [..., T, T] with out[..., i, j] = sum_{k=j+1..i} x[k] for i >= j, and 0 (not -inf) above the
-    diagonal: callers mask after `exp` (torch's CPU exp is several times slower on tensors holding -inf)."""
-    size = x.size(-1)
-    x = x[..., None].expand(*x.size(), size)
-    x = x.masked_fill(~torch.tril(torch.ones(size, size, device=x.device, dtype=torch.bool), diagonal=-1), 0)
-    return torch.cumsum(x, dim=-2)
-
-
-SCAN_BLOCK = 16
-"""The largest chunk our chunk scans compute with. The SSD scan is exact for any chunk length (chunks only split the
-work between a part quadratic in the chunk length and a recurrence across chunks), so the model's ``chunk_size``, a
-GPU kernel's tile, need not be the CPU's. 16 took 0.49-0.74x the time of the default model's 64 on its prefill,
-GRPO and packed SFT shapes, and was never slower than 32 (``benchmarks/mamba_scan.py``); outputs agree to 6e-7."""
-
-
-def scan_block(chunk_size: int) -> int:
-    return min(int(chunk_size), SCAN_BLOCK)
-
-
-def pad_sequence_end(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Zero-pad dim 1 (the sequence) at the end."""
-    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad)) if pad else x
-
-
-def discretization_step(dt, dt_bias, dt_softplus: bool, dt_limit) -> torch.Tensor:
-    """The scan's step size as transformers computes it: bias, softplus, clamp to ``dt_limit``."""
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(dt.dtype)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    return torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
-
-
-def mamba2_chunk_scan(
-    hidden_states,
-    dt,
-    A,
-    B,
-    C,
-    chunk_size,
-    D=None,
-    dt_bias=None,
-    initial_states=None,
-    dt_softplus=False,
-    dt_limit=(0.0, float("inf")),
-    return_final_states=False,
-    **kwargs,
-):
-    """The SSD chunked scan (transformers' `mamba2_chunk_scan` signature: hidden_states (b, l, h, p), dt (b, l, h),
-    A (h,), B and C (b, l, g, n)) with `seq_idx` honoured exactly: no state or intra-chunk term crosses a sample
-    boundary. Without `seq_idx` (and `cu_seqlens`) it is transformers' function, called unchanged."""
+def mamba2_chunk_scan(hidden_states, dt, A, B, C, chunk_size, **kwargs):
+    """The SSD chunked scan (transformers' `mamba2_chunk_scan` signature) with `seq_idx` honoured exactly: no state
+    or intra-chunk term crosses a sample boundary (`cascade.models.ssd.ssd_chunk_scan` with the samples as its
+    segments). Without `seq_idx` (and `cu_seqlens`) it is transformers' function, called unchanged."""
     seq_idx, cu_seqlens = kwargs.pop("seq_idx", None), kwargs.pop("cu_seqlens", None)
     if seq_idx is None and cu_seqlens is None:
-        return _ORIGINAL["mamba2_chunk_scan"](
-            hidden_states,
-            dt,
-            A,
-            B,
-            C,
-            chunk_size,
-            D=D,
-            dt_bias=dt_bias,
-            initial_states=initial_states,
-            dt_softplus=dt_softplus,
-            dt_limit=dt_limit,
-            return_final_states=return_final_states,
-            **kwargs,
-        )
-    batch, seq_len, num_heads, head_dim = hidden_states.shape
-    num_groups = B.shape[2]
-    chunk_size = scan_block(chunk_size)
-    seg = _segments(seq_idx, cu_seqlens, batch, seq_len, hidden_states.device)
-
-    dt = discretization_step(dt, dt_bias, dt_softplus, dt_limit)
-
-    x = hidden_states.float()
-    B = B.float().repeat_interleave(num_heads // num_groups, dim=2, output_size=num_heads)
-    C = C.float().repeat_interleave(num_heads // num_groups, dim=2, output_size=num_heads)
-
-    pad = (chunk_size - seq_len % chunk_size) % chunk_size
-    D_residual = D[..., None] * pad_sequence_end(x, pad) if D is not None else None
-
-    x = x * dt[..., None].float()
-    A = A.to(x.dtype) * dt.float()
-    n_chunks = (seq_len + pad) // chunk_size
-    # (b, c, l, ...): chunk c, position l in the chunk. Padded positions: x = 0, A = 0 (no decay, no input), and
-    # they belong to the last sample, so the final state is untouched by them.
-    x, A, B, C = [pad_sequence_end(t, pad).reshape(batch, n_chunks, chunk_size, *t.shape[2:]) for t in (x, A, B, C)]
-    seg = torch.cat([seg, seg[:, -1:].expand(batch, pad)], dim=1).view(batch, n_chunks, chunk_size)
-
-    A = A.permute(0, 3, 1, 2)  # (b, h, c, l)
-    A_cumsum = torch.cumsum(A, dim=-1)
-
-    # 1. intra-chunk (diagonal blocks): decay matrix restricted to same-sample pairs (l, s)
-    causal = torch.ones(chunk_size, chunk_size, device=seg.device, dtype=torch.bool).tril()
-    keep = (seg[:, :, :, None] == seg[:, :, None, :]) & causal  # (b, c, l, s)
-    L = torch.where(keep[:, None], torch.exp(_segment_sum(A)), 0.0)  # (b, h, c, l, s)
-    G = torch.einsum("bclhn,bcshn->bclsh", C, B)
-    M = G * L.permute(0, 2, 3, 4, 1)
-    Y_diag = torch.einsum("bclsh,bcshp->bclhp", M, x)
-
-    # 2. each chunk's end state, from the positions of the chunk-end sample only
-    chunk_end = seg[:, :, -1]  # (b, c): the sample that owns the state at the end of chunk c
-    in_end_sample = seg == chunk_end[..., None]  # (b, c, l)
-    decay_states = torch.where(in_end_sample[:, None], torch.exp(A_cumsum[..., -1:] - A_cumsum), 0.0)
-    B_decay = B * decay_states.permute(0, 2, 3, 1)[..., None]
-    states = torch.einsum("bclhn,bclhp->bchpn", B_decay, x)
-
-    # 3. inter-chunk recurrence: a state flows only between chunk ends of the same sample. State 0 is the initial
-    # state, owned by the first position's sample.
-    previous = (
-        initial_states[:, None].to(dtype=states.dtype, device=states.device)
-        if initial_states is not None
-        else torch.zeros_like(states[:, :1])
-    )
-    states = torch.cat([previous, states], dim=1)  # (b, c + 1, h, p, n)
-    owner = torch.cat([seg[:, :1, 0], chunk_end], dim=1)  # (b, c + 1)
-    causal = torch.ones(n_chunks + 1, n_chunks + 1, device=seg.device, dtype=torch.bool).tril()
-    same_owner = (owner[:, :, None] == owner[:, None, :]) & causal  # (b, target, source)
-    decay_chunk = torch.where(same_owner[:, None], torch.exp(_segment_sum(F.pad(A_cumsum[..., -1], (1, 0)))), 0.0)
-    decay_chunk = decay_chunk.transpose(1, 3)  # (b, source, target, h)
-    new_states = torch.einsum("bzch,bzhpn->bchpn", decay_chunk, states)
-    states, final_state = new_states[:, :-1], new_states[:, -1]
-
-    # 4. state -> output: only for positions in the sample that owns the state entering the chunk
-    uses_state = seg == owner[:, :-1, None]  # (b, c, l)
-    state_decay_out = torch.where(uses_state[:, None], torch.exp(A_cumsum), 0.0)
-    C_times_states = torch.einsum("bclhn,bchpn->bclhp", C, states)
-    Y_off = C_times_states * state_decay_out.permute(0, 2, 3, 1)[..., None]
-
-    output = (Y_diag + Y_off).contiguous().reshape(batch, -1, num_heads, head_dim)
-    if D_residual is not None:
-        output = output + D_residual
-    if pad > 0:
-        output = output[:, :seq_len]
-    if return_final_states:
-        return output, final_state
-    return output
+        return _ORIGINAL["mamba2_chunk_scan"](hidden_states, dt, A, B, C, chunk_size, **kwargs)
+    batch, seq_len = hidden_states.shape[:2]
+    segments = _segments(seq_idx, cu_seqlens, batch, seq_len, hidden_states.device)
+    return ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, **scan_options(kwargs), segments=segments)
 
 
 def mamba2_split_conv1d_scan_combined(*args, **kwargs):
