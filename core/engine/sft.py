@@ -131,11 +131,12 @@ class SFTStage(Stage):
         enable_packed_sequences()  # idempotent: the Mamba layers must honour seq_idx on CPU too
         position_ids, seq_idx = packed_inputs([r.lengths for r in rows], width)
         trainer.balancer.token_mask = attention_mask([r.token_ids for r in rows], width)
+        is_target = mask[:, 1:].bool()
         predicts_target = torch.zeros_like(mask, dtype=torch.bool)
-        predicts_target[:, :-1] = mask[:, 1:].bool()  # position t is scored on token t + 1
+        predicts_target[:, :-1] = is_target  # position t is scored on token t + 1
         with logits_only_at(model, predicts_target):
             logits = model(input_ids=input_ids, position_ids=position_ids, seq_idx=seq_idx, use_cache=False).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][mask[:, 1:].bool()], reduction="sum")
+        nll = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][is_target], reduction="sum")
         return nll / max(1, total_tokens)
 
 

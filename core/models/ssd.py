@@ -25,7 +25,7 @@ SCAN_BLOCK = 16
 """The largest chunk the scan computes with. The SSD scan is exact for any chunk length (chunks only split the
 work between a part quadratic in the chunk length and a recurrence across chunks), so the model's ``chunk_size``, a
 GPU kernel's tile, need not be the CPU's. 16 took 0.47-0.64x the time of the default model's 64 on its prefill,
-GRPO and packed SFT shapes, and was never slower than 32 (``benchmarks/mamba_scan.py``); outputs agree to 6e-7."""
+GRPO and packed SFT shapes, and 0.82-1.04x that of 32 (``benchmarks/mamba_scan.py``); outputs agree to 6e-7."""
 
 
 def scan_block(chunk_size: int) -> int:
