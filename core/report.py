@@ -48,6 +48,7 @@ def build_report(run_dir: Path, config: DictConfig, registry: Registry) -> dict[
         "details": {stage: e.details for stage, e in registry.entries.items()},
         "checkpoints": {stage: e.checkpoint.to_dict() for stage, e in registry.entries.items()},
         "seconds": {s: e.metrics.get("seconds", 0.0) for s, e in registry.entries.items()},
+        "eval_seconds": {s: sum(d.get("seconds", 0.0) for d in e.details.values()) for s, e in registry.entries.items()},
         "config": OmegaConf.to_container(config, resolve=True),
     }
 
@@ -92,7 +93,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str] | None = Non
     status = "complete" if report["complete"] else "incomplete (resume with `resume=true`)"
     lines = [f"# Cascade `{report['cascade']}`", "", f"Run directory: `{report['run_dir']}` ({status})", "",
              "## Held-out score per domain after each stage", "",
-             "| stage | " + " | ".join(domains) + " | seconds |", "|---|" + "---:|" * (len(domains) + 1)]
+             "| stage | " + " | ".join(domains) + " | seconds | eval seconds |", "|---|" + "---:|" * (len(domains) + 2)]
     for stage, scores in report["scores"].items():
         cells = []
         for d in domains:
@@ -101,8 +102,10 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str] | None = Non
                 cells.append("n/a")
                 continue
             cells.append(f"{scores[d]:.3f}" + (f" ({delta:+.3f})" if delta is not None else ""))
-        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {report['seconds'].get(stage, 0.0):.1f} |")
-    lines += ["", "In parentheses: change from the previous stage (negative = forgetting).", ""]
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {report['seconds'].get(stage, 0.0):.1f} | "
+                     f"{report.get('eval_seconds', {}).get(stage, 0.0):.1f} |")
+    lines += ["", "In parentheses: change from the previous stage (negative = forgetting). Seconds: the stage's training; "
+              "eval seconds: scoring every domain after it.", ""]
     lines += [line for name in ("cascade", "gains") if name in figures
               for line in (f"![{FIGURE_CAPTIONS[name]}]({figures[name]})", "")]
     lines += variant_tables(report)

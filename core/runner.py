@@ -190,7 +190,8 @@ class CascadeRunner:
         if unchanged is None:
             scores, details = self.evaluate(info, stage, checkpoint)
         else:
-            scores, details = dict(unchanged.scores), dict(unchanged.details)
+            scores = dict(unchanged.scores)
+            details = {domain: {**values, "seconds": 0.0} for domain, values in unchanged.details.items()}  # nothing was run
             self.plugins.hook.cascade_eval_end(run=info, stage=stage, scores=scores, details=details)
         registry.add(Entry(checkpoint, scores, details, summary))
         write_report(self.run_dir, self.config, registry)
@@ -200,6 +201,7 @@ class CascadeRunner:
         scores, details = {}, {}
         for domain in self.domains:
             options = self.eval_options(domain)
+            started = time.perf_counter()
             result = self.plugins.hook.cascade_evaluate(
                 checkpoint=checkpoint,
                 domain=domain,
@@ -211,7 +213,7 @@ class CascadeRunner:
             if result is None:
                 raise ConfigError(f"no plugin can evaluate checkpoint {checkpoint.path} (stage {checkpoint.stage})")
             scores[domain] = float(result["score"])
-            details[domain] = {k: float(v) for k, v in result.items()}
+            details[domain] = {k: float(v) for k, v in result.items()} | {"seconds": time.perf_counter() - started}
         self.plugins.hook.cascade_eval_end(run=info, stage=stage, scores=scores, details=details)
         return scores, details
 

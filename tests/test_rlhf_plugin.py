@@ -380,6 +380,7 @@ def test_reward_model_then_rlhf_cascade(tmp_path, monkeypatch):
     assert spy.stages == ["init", "rlhf"]                                       # not after reward_model
     scores = report["scores"]
     assert list(scores) == ["init", "reward_model", "rlhf"] and scores["reward_model"] == scores["init"]
+    assert report["eval_seconds"]["reward_model"] == 0 < report["eval_seconds"]["init"]  # reused, not rerun
     assert (tmp_path / "run" / "reward_model" / "config.json").exists()
     rm_rows = [json.loads(line) for line in (tmp_path / "run" / "stages" / "01_reward_model" / "history.jsonl").read_text().splitlines()]
     assert len(rm_rows) == 10 and "eval_pair_accuracy" in rm_rows[-1]

@@ -34,8 +34,11 @@ def test_every_domain_scored_after_every_stage(tmp_path, toy_env):
     assert result["complete"] is True
     # nothing forgotten: every domain's latest score is its best
     assert result["best"]["add"]["gap"] == 0 and result["best"]["mul"]["stage"] == "learn_mul"
+    # how long scoring each domain took, and in all after each stage (report.md's last column)
+    assert all(d["seconds"] > 0 for row in result["details"].values() for d in row.values())
+    assert result["eval_seconds"]["learn_add"] == pytest.approx(sum(d["seconds"] for d in result["details"]["learn_add"].values()))
     md = (tmp_path / "run" / "report.md").read_text()
-    assert "| learn_add |" in md and "(+" in md
+    assert "| learn_add |" in md and "(+" in md and "| seconds | eval seconds |" in md
     assert f"| mul | learn_mul | {result['best']['mul']['score']:.3f} |" in md
     # every stage's checkpoint is kept and indexed for later stages (MOPD's teachers)
     registry = Registry(tmp_path / "run" / "checkpoints" / "index.json")

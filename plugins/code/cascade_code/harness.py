@@ -16,6 +16,7 @@ The report is written last, so a program that ends the process early (``os._exit
 
 import json
 import os
+import pkgutil  # noqa: F401 - runpy.run_path imports it on every call: once here, not in each stdio test's fork
 import runpy
 import sys
 import traceback
