@@ -14,7 +14,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from cascade.engine.moe import RoutingRecorder, find_routers
 from cascade.engine.policy import Policy
 from cascade.models import fallbacks
+from cascade.engine import prefill as prefill_module
 from cascade.engine import rollout
+from cascade.engine.prefill import shared_prefix_length
 from cascade.engine.rollout import HFRolloutEngine, _DecodeKVLayer, _next_token, _top_p, grouped_decode_attention
 from cascade.models import fast_decode, packing
 from cascade.models.tiny_nemotron_h import build_model, tiny_nemotron_h_config
@@ -400,3 +402,47 @@ def test_engine_restores_the_attention_implementation(model):
     before = model.config._attn_implementation
     _engine(model).generate(_prompts((6, 3)), SamplingParams(max_new_tokens=4, temperature=1.0, n=2, seed=0))
     assert model.config._attn_implementation == before
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_a_shared_prefix_is_prefilled_once_and_every_row_is_unchanged(model, monkeypatch, temperature):
+    """Prompts that start with the same 70 tokens (a system prompt): the prefix runs once, the prompts continue from
+    it in groups of equal length (one of a single token, which takes the Mamba decode path), and each completion's
+    tokens, log-probs and routing are those of the plain left-padded prefill and of a full forward."""
+    prefix = _prompts((70,), seed=4)[0]
+    prompts = [prefix + own for own in _prompts((5, 1, 9, 5, 3, 9, 12), seed=5)]
+    params = SamplingParams(max_new_tokens=12, temperature=temperature, n=2, seed=3)
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, a, k: fed.append(tuple(k["input_ids"].shape)), with_kwargs=True)
+    try:
+        shared = [g for group in _engine(model).generate(prompts, params) for g in group]
+        shared_fed, fed[:] = list(fed), []
+        monkeypatch.setattr(prefill_module, "SHARED_PREFIX_MIN", 10_000)
+        plain = [g for group in _engine(model).generate(prompts, params) for g in group]
+    finally:
+        hook.remove()
+    assert fed[0] == (7, 82)  # the plain prefill: 7 distinct prompts, left-padded to the longest
+    # the prefix once, then one call per continuation length (5, 1, 9, 3, 12), each from the prefix's cache
+    assert shared_fed[:6] == [(1, 70), (2, 5), (1, 1), (2, 9), (1, 3), (1, 12)]
+    if temperature == 0.0:
+        assert [g.token_ids for g in shared] == [g.token_ids for g in plain]
+    for a, b in zip(shared, plain):
+        if a.token_ids == b.token_ids:
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+            assert torch.equal(a.routed_experts.sort(-1).values, b.routed_experts.sort(-1).values)
+    for prompt, gen in zip([p for p in prompts for _ in range(2)], shared):
+        ids = prompt + gen.token_ids
+        with RoutingRecorder(model) as recorder:
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, len(prompt) - 1:-1]
+        expected = torch.log_softmax(logits / (temperature or 1.0), dim=-1).gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(gen.logprobs), expected, atol=1e-5, rtol=1e-5)
+        full = recorder.per_sequence(len(ids), torch.ones(1, len(ids)))[0]
+        assert gen.routed_experts.shape == full.shape
+        assert torch.equal(gen.routed_experts[:-1].sort(-1).values, full[:-1].sort(-1).values)
+
+
+def test_shared_prefix_length_leaves_each_prompt_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token
+    assert shared_prefix_length([[1, 2, 3]]) == 0
+    assert shared_prefix_length([[1, 2], [3, 4]]) == 0

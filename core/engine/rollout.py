@@ -18,6 +18,7 @@ from transformers.cache_utils import DynamicLayer
 
 from cascade.engine.moe import RoutingRecorder
 from cascade.engine.policy import Policy
+from cascade.engine.prefill import Prefilled, prefill
 from cascade.models.fast_decode import enable_fast_decode
 from cascade.types import Environment, Episode, Generation, Message, RolloutEngine, Sample, SamplingParams
 
@@ -28,7 +29,8 @@ class HFRolloutEngine(RolloutEngine):
     Our own decode loop rather than ``model.generate``, for what an RL rollout needs and generate does not give:
 
     * each distinct prompt is prefilled once, then its cache is copied to its completions (GRPO samples every
-      prompt ``n`` times, and ``collect_episodes`` passes the n copies as separate prompts);
+      prompt ``n`` times, and ``collect_episodes`` passes the n copies as separate prompts), and a long prefix the
+      distinct prompts share (a system prompt) is prefilled once for all of them (`cascade.engine.prefill`);
     * the sampled token's log-prob is taken at each step, instead of keeping every step's logits
       (``output_logits``: [batch, new tokens, vocab] fp32, gigabytes at a 131k vocabulary);
     * no logits processors, stopping criteria or cache bookkeeping that sampling with temperature / top-p does
@@ -67,20 +69,18 @@ class HFRolloutEngine(RolloutEngine):
         model, pad, eos = self.policy.model, self.policy.pad_id, self.policy.eos_id
         unique = list(dict.fromkeys(tuple(p) for p in prompts))
         row_of = {p: i for i, p in enumerate(unique)}
-        device = model.device
-        expand = torch.tensor([row_of[tuple(p)] for p in prompts], device=device)  # completion -> its prefill row
-        width = max(len(p) for p in unique)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in unique], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in unique], device=device)
+        expand = torch.tensor([row_of[tuple(p)] for p in prompts], device=model.device)  # completion -> its prefill row
         was_training = model.training
         model.eval()
         recorder = RoutingRecorder(model) if self.record_routing else None
         try:
             with recorder or nullcontext():
-                new_tokens, logprobs = _sample(model, input_ids, attention_mask, expand, params, eos, pad, generator, recorder)
+                prefilled = prefill(model, [list(p) for p in unique], pad, recorder)
+                new_tokens, logprobs = _sample(model, prefilled, expand, params, eos, pad, generator, recorder)
         finally:
             model.train(was_training)
-        routing = recorder.per_sequence(width, attention_mask[expand]) if recorder else None
+        attention_mask = prefilled.attention_mask
+        routing = recorder.per_sequence(attention_mask.shape[1], attention_mask[expand]) if recorder else None
         generations = []
         for i in range(len(prompts)):
             ids = new_tokens[i].tolist()
@@ -93,19 +93,16 @@ class HFRolloutEngine(RolloutEngine):
         return generations
 
 
-def _sample(model, input_ids, attention_mask, expand, params: SamplingParams, eos: int, pad: int, generator, recorder):
-    """Prefill the distinct prompts, copy each one's cache to its completions (``expand``), then decode.
+def _sample(model, prefilled: Prefilled, expand, params: SamplingParams, eos: int, pad: int, generator, recorder):
+    """Copy each distinct prompt's prefilled cache to its completions (``expand``), then decode.
 
     Returns the new tokens [completions, steps] (``pad`` after a row's eos) and their log-probs under the
     temperature-scaled policy, log_softmax(logits / T) (T = 1 for greedy), the quantity the trainer recomputes.
     Positions and the attention mask follow ``generate``: position = index among the row's real tokens (left
     padding at 0), and no mask at all when nothing is padded.
     """
+    cache, attention_mask = prefilled.cache, prefilled.attention_mask
     padded = not bool(attention_mask.all())
-    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None, position_ids=position_ids,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
     # Copy every layer's state -- attention KV, Mamba conv and recurrent states -- to the completions. (Cache has
     # `batch_repeat_interleave`, but its linear-attention layers do not implement it; `reorder_cache` is an
     # index_select on every kind of layer.) The prefill's routing is copied the same way.
@@ -113,13 +110,13 @@ def _sample(model, input_ids, attention_mask, expand, params: SamplingParams, eo
     if recorder is not None:
         for calls in recorder.calls:
             calls[-1] = calls[-1][expand]
-    logits = out.logits[:, -1][expand]
-    position = position_ids[expand, -1:]
+    logits = prefilled.logits[expand]
+    position = prefilled.position_ids[expand, -1:]
     # The decode steps feed one token per row. Their attention runs over preallocated KV buffers with the query heads
     # of each KV group together (`_DecodeKVLayer`, `grouped_decode_attention`), and their masks are passed ready-made:
     # the full-attention one is a view of `attend` (left padding False, every fed token True), the Mamba layers'
     # is None (transformers' own choice for a one-token step: a fed token is never padding).
-    width = input_ids.shape[1]
+    width = attention_mask.shape[1]
     capacity = width + params.max_new_tokens - 1  # the last sampled token is never fed
     _preallocate_attention_cache(cache, capacity)
     attend = torch.ones(len(expand), 1, 1, capacity, dtype=torch.bool, device=logits.device)
