@@ -117,7 +117,8 @@ def cascade_evaluate(
     """Score ``checkpoint`` on the held-out split of ``domain``; return ``{"score": ..., ...}``.
 
     ``score`` (in [0, 1]) goes into the stage x domain matrix; other keys are logged. Return None if
-    this plugin cannot load the checkpoint.
+    this plugin cannot load the checkpoint. With ``eval_workers`` above 1 this runs in worker processes that load
+    the installed plugins, on ``environment`` and ``reward`` they made themselves from the config.
     """
 
 

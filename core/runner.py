@@ -17,13 +17,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cascade.config import ConfigError, EvalConfig, validate_options
+from cascade.components import Components
+from cascade.config import ConfigError, validate_options
 from cascade.context import RunInfo, StageContext, StageInfo, seed_everything
+from cascade.eval_workers import EvalWorkers, workers_for
 from cascade.io import write_text_atomic
 from cascade.plugins import PluginManager, UnknownComponentError, unknown_name_message
 from cascade.registry import Entry, Registry
 from cascade.report import build_report, write_report
-from cascade.types import Checkpoint, Environment, Reward, Stage
+from cascade.types import Checkpoint, Stage
 
 INIT = "init"
 
@@ -43,8 +45,10 @@ class CascadeRunner:
         self.run_dir = Path(run_dir)
         config.run_dir = str(self.run_dir)  # stage params and reward options may say ${run_dir}/... (a reward model's path)
         self.domains = list(config.cascade.domains)
-        self._environments: dict[str, Environment] = {}
-        self._rewards: dict[str, Reward] = {}
+        self.components = Components(config, plugins)
+        self.environment, self.reward, self.eval_options = (
+            self.components.environment, self.components.reward, self.components.eval_options)
+        self._eval_workers: EvalWorkers | None = None
         self.plan = self._plan()  # every name and option checked before any work starts
         self.objective = self._objective()
 
@@ -137,9 +141,9 @@ class CascadeRunner:
         finally:
             for name in loggers:
                 self.plugins.unregister(name)
-            for component in [*self._environments.values(), *self._rewards.values()]:
-                if callable(getattr(component, "close", None)):  # e.g. a reward's worker processes
-                    component.close()
+            self.components.close()
+            if self._eval_workers is not None:
+                self._eval_workers.close()
 
     def _run_init(self, info: RunInfo, registry: Registry) -> None:
         stage = StageInfo(INIT, 0, "init", self.domains)
@@ -198,47 +202,31 @@ class CascadeRunner:
 
     def evaluate(self, info: RunInfo, stage: StageInfo, checkpoint: Checkpoint) -> tuple[dict[str, float], dict[str, dict]]:
         self.plugins.hook.cascade_eval_start(run=info, stage=stage, domains=self.domains)
-        scores, details = {}, {}
-        for domain in self.domains:
-            options = self.eval_options(domain)
-            started = time.perf_counter()
-            result = self.plugins.hook.cascade_evaluate(
-                checkpoint=checkpoint,
-                domain=domain,
-                environment=self.environment(domain),
-                reward=self.reward(domain),
-                options=options,
-                seed=eval_seed(self.config.seed, domain),
-            )
-            if result is None:
-                raise ConfigError(f"no plugin can evaluate checkpoint {checkpoint.path} (stage {checkpoint.stage})")
-            scores[domain] = float(result["score"])
-            details[domain] = {k: float(v) for k, v in result.items()} | {"seconds": time.perf_counter() - started}
+        seeds = {domain: eval_seed(self.config.seed, domain) for domain in self.domains}
+        workers = self._workers()
+        if workers is None:
+            details = {domain: self.components.evaluate(checkpoint, domain, seed) for domain, seed in seeds.items()}
+        else:  # the slowest domains first (by their last evaluation's time), so no worker is left with a long one at the end
+            slowest_first = sorted(seeds, key=lambda domain: -self._eval_seconds.get(domain, 0.0))
+            computed = workers.evaluate(checkpoint, {domain: seeds[domain] for domain in slowest_first})
+            details = {domain: computed[domain] for domain in self.domains}
+            self._eval_seconds = {domain: d["seconds"] for domain, d in details.items()}
+        scores = {domain: d["score"] for domain, d in details.items()}
         self.plugins.hook.cascade_eval_end(run=info, stage=stage, scores=scores, details=details)
         return scores, details
 
-    def eval_options(self, domain: str) -> EvalConfig:
-        """The top-level ``eval`` settings with the domain's own overrides."""
-        merged = {**OmegaConf.to_container(self.config.eval), **OmegaConf.to_container(self.config.cascade.domains[domain].eval)}
-        return validate_options(EvalConfig, merged, f"cascade.domains.{domain}.eval")
+    def _workers(self) -> EvalWorkers | None:
+        """The evaluation worker processes (``eval_workers``), started on first use; None: evaluate in this process."""
+        if self._eval_workers is None:
+            import torch  # the count ``threads`` set (cli)
 
-    # ---- components, made once per run -------------------------------------------------------------
-
-    def environment(self, domain: str) -> Environment:
-        if domain not in self._environments:
-            spec = self.config.cascade.domains[domain]
-            factory = self.plugins.component("environments", spec.environment).factory
-            env = factory(**OmegaConf.to_container(spec.environment_options, resolve=True))
-            env.domain = domain
-            self._environments[domain] = env
-        return self._environments[domain]
-
-    def reward(self, domain: str) -> Reward:
-        if domain not in self._rewards:
-            spec = self.config.cascade.domains[domain]
-            factory = self.plugins.component("rewards", spec.reward).factory
-            self._rewards[domain] = factory(**OmegaConf.to_container(spec.reward_options, resolve=True))
-        return self._rewards[domain]
+            threads = torch.get_num_threads()
+            count = workers_for(self.config.eval_workers, threads, self.plugins)
+            if count == 1:
+                return None
+            self._eval_workers = EvalWorkers(self.config, self.plugins, count, max(1, threads // count))
+            self._eval_seconds: dict[str, float] = {}
+        return self._eval_workers
 
     def _start_loggers(self, info: RunInfo) -> list[str]:
         names = []

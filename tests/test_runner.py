@@ -9,7 +9,8 @@ import pytest
 from conftest import TOY_ARGS, run_cascade
 
 from cascade.config import ConfigError, compose
-from cascade.plugins import PluginManager
+from cascade.eval_workers import MAX_AUTO_WORKERS, workers_for
+from cascade.plugins import PluginManager, hookimpl
 from cascade.registry import Registry
 from cascade.runner import CascadeRunner
 
@@ -135,6 +136,40 @@ def test_multirun_with_the_joblib_launcher(tmp_path, toy_env):
     run_cascade(["train", "-m", *TOY_ARGS, "seed=3,4", "hydra.sweep.dir=sweep", "hydra/launcher=joblib",
                  "hydra.launcher.n_jobs=2"], toy_env, tmp_path)
     assert [report(tmp_path / "sweep" / str(job))["config"]["seed"] for job in (0, 1)] == [3, 4]
+
+
+def test_evaluation_workers_score_what_the_training_process_scores(tmp_path, toy_env):
+    """eval_workers=2: the domains are scored in two spawned processes (the toy plugin loads there from
+    $CASCADE_PLUGINS), with the scores and details of in-process evaluation."""
+    serial = toy_runner(tmp_path / "serial", "eval_workers=1").run()
+    runner = toy_runner(tmp_path / "workers", "eval_workers=2")
+    parallel = runner.run()
+    assert runner._eval_workers is not None and runner._eval_workers.pool._max_workers == 2
+    assert parallel["scores"] == serial["scores"]
+    strip = lambda details: {s: {d: {k: v for k, v in row.items() if k != "seconds"} for d, row in rows.items()}  # noqa: E731
+                             for s, rows in details.items()}
+    assert strip(parallel["details"]) == strip(serial["details"])
+    assert list(parallel["details"]["init"]) == ["add", "mul"]  # the config's order, whatever order they finished in
+
+
+def test_evaluation_workers_auto_and_their_errors(tmp_path, toy_env):
+    plugins = PluginManager().load()
+    assert workers_for(0, 1, plugins) == 1  # one thread: in the training process
+    assert workers_for(0, 2, plugins) == 2 and workers_for(0, 16, plugins) == MAX_AUTO_WORKERS
+    assert workers_for(3, 1, plugins) == 3
+    with pytest.raises(ValueError, match="eval_workers=-1"):
+        workers_for(-1, 2, plugins)
+
+    class InCodeEvaluator:  # a plugin registered in code: a fresh worker process would not have it
+        @hookimpl
+        def cascade_evaluate(self, checkpoint, environment, reward, options, seed):
+            return None
+
+    plugins.register(InCodeEvaluator(), "in-code-evaluator")
+    assert workers_for(0, 2, plugins) == 1  # auto falls back to evaluating in process
+    config = compose([*TOY_ARGS, "eval_workers=2"], plugins.config_searchpaths())
+    with pytest.raises(RuntimeError, match="plugins in-code-evaluator are not installed.*eval_workers=1"):
+        CascadeRunner(config, plugins, tmp_path / "run").run()
 
 
 def test_best_scores_show_forgetting_and_recovery():

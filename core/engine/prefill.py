@@ -47,7 +47,7 @@ def prefill(model, prompts: list[list[int]], pad: int, recorder=None) -> Prefill
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     shared = shared_prefix_length(prompts)
-    if shared < SHARED_PREFIX_MIN:
+    if shared < SHARED_PREFIX_MIN or not _stackable(DynamicCache(config=model.config)):
         cache = DynamicCache(config=model.config)
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
         padded = not bool(attention_mask.all())
@@ -104,9 +104,13 @@ def _stack(caches: list[DynamicCache], width: int) -> DynamicCache:
                     layer.conv_states[s] = torch.cat([p.conv_states[s] for p in parts])
                 if layer.is_recurrent_states_initialized[s]:
                     layer.recurrent_states[s] = torch.cat([p.recurrent_states[s] for p in parts])
-        elif len(caches) > 1 and getattr(layer, "is_initialized", False):
-            raise TypeError(f"cannot stack cache layer {type(layer).__name__} (layer {i})")
     return stacked
+
+
+def _stackable(cache: DynamicCache) -> bool:
+    """Whether :func:`_stack` knows every layer kind of the model's cache (full attention, Mamba-style states);
+    a sliding-window or quantized layer takes the plain prefill."""
+    return all(type(layer) is DynamicLayer or isinstance(layer, LinearAttentionCacheLayerMixin) for layer in cache.layers)
 
 
 def _stitch_routing(recorder, calls_before: list[int], shared: int, groups: list[list[int]], prompts, width: int) -> None:
