@@ -105,7 +105,8 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str] | None = Non
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {report['seconds'].get(stage, 0.0):.1f} | "
                      f"{report.get('eval_seconds', {}).get(stage, 0.0):.1f} |")
     lines += ["", "In parentheses: change from the previous stage (negative = forgetting). Seconds: the stage's training; "
-              "eval seconds: scoring every domain after it.", ""]
+              "eval seconds: the domains' evaluations after it, added up (worker processes run them side by side, "
+              "so the wall time is less).", ""]
     lines += [line for name in ("cascade", "gains") if name in figures
               for line in (f"![{FIGURE_CAPTIONS[name]}]({figures[name]})", "")]
     lines += variant_tables(report)
