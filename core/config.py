@@ -114,8 +114,9 @@ class AppConfig:
     are much slower with several threads each), else every CPU this process may use."""
     eval_workers: int = 0
     """Processes that score the domains after each stage side by side, each with ``threads / eval_workers`` torch
-    threads; 1: in the training process. 0: one per torch thread (at most 4) when there are 2 or more and every
-    plugin evaluation uses is installed (a worker loads the entry points, not plugins registered in code), else 1."""
+    threads; 1: in the training process. 0: one per torch thread (at most 4) when there are 2 or more, the run is a
+    main process (not a joblib sweep's worker) and every plugin evaluation uses is installed (a worker loads the
+    entry points, not plugins registered in code), else 1."""
     objective: Optional[str] = None
     """``STAGE.DOMAIN``: the held-out score ``cascade train`` returns to Hydra, the number a sweeper such as
     Optuna optimizes (``objective=if_rl.if``: IF's score after the ``if_rl`` stage); None returns nothing."""

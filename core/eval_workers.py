@@ -26,13 +26,14 @@ MAX_AUTO_WORKERS = 4
 
 def workers_for(setting: int, threads: int, plugins: PluginManager) -> int:
     """The ``eval_workers`` setting as a count: 0 (auto) is one worker per torch thread, at most
-    ``MAX_AUTO_WORKERS``, when there are 2+ threads and a fresh process would load every plugin evaluation uses
-    (not one registered in code); anything else is 1, in this process."""
+    ``MAX_AUTO_WORKERS``, when there are 2+ threads, this is a main process (a joblib sweep's loky worker cannot
+    spawn processes) and a fresh process would load every plugin evaluation uses (not one registered in code);
+    anything else is 1, in this process."""
     if setting < 0:
         raise ValueError(f"eval_workers={setting}: give a count, or 0 for one per torch thread")
     if setting:
         return setting
-    if threads < 2 or not loads_in_a_fresh_process(plugins):
+    if threads < 2 or multiprocessing.parent_process() is not None or not loads_in_a_fresh_process(plugins):
         return 1
     return min(threads, MAX_AUTO_WORKERS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
 
 import pytest
@@ -133,7 +134,8 @@ def test_multirun_gives_one_run_directory_and_report_per_value(tmp_path, toy_env
 
 def test_multirun_with_the_joblib_launcher(tmp_path, toy_env):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    run_cascade(["train", "-m", *TOY_ARGS, "seed=3,4", "hydra.sweep.dir=sweep", "hydra/launcher=joblib",
+    # threads=2 would start evaluation workers, which a loky worker cannot spawn: the jobs evaluate in process
+    run_cascade(["train", "-m", *TOY_ARGS, "seed=3,4", "threads=2", "hydra.sweep.dir=sweep", "hydra/launcher=joblib",
                  "hydra.launcher.n_jobs=2"], toy_env, tmp_path)
     assert [report(tmp_path / "sweep" / str(job))["config"]["seed"] for job in (0, 1)] == [3, 4]
 
@@ -152,11 +154,14 @@ def test_evaluation_workers_score_what_the_training_process_scores(tmp_path, toy
     assert list(parallel["details"]["init"]) == ["add", "mul"]  # the config's order, whatever order they finished in
 
 
-def test_evaluation_workers_auto_and_their_errors(tmp_path, toy_env):
+def test_evaluation_workers_auto_and_their_errors(tmp_path, toy_env, monkeypatch):
     plugins = PluginManager().load()
     assert workers_for(0, 1, plugins) == 1  # one thread: in the training process
     assert workers_for(0, 2, plugins) == 2 and workers_for(0, 16, plugins) == MAX_AUTO_WORKERS
     assert workers_for(3, 1, plugins) == 3
+    with monkeypatch.context() as patch:  # in a child process (a joblib sweep's worker): in process
+        patch.setattr(multiprocessing, "parent_process", lambda: object())
+        assert workers_for(0, 2, plugins) == 1
     with pytest.raises(ValueError, match="eval_workers=-1"):
         workers_for(-1, 2, plugins)
 
