@@ -6,7 +6,7 @@ r"""Held-out evaluation of every domain of the default cascade, three ways side 
   set out of reach): what evaluation did before prompts shared their common prefix;
 * ``shared prefix``: in this process, as ``eval_workers=1`` runs it;
 * ``N workers``: ``eval_workers=N`` (default: one per thread), each worker with threads / N torch threads, the
-  slowest domains submitted first. The workers are started and warmed up on one small domain before timing.
+  slowest domains submitted first. The workers are started and warmed up on every domain before timing.
 
 Each round runs the three in turn on the same items (the default cascade's held-out draws, ``seed=0``); the table
 has the median per way, the ratio to ``plain prefill`` and whether the scores equal the first way's. Results: a
@@ -48,7 +48,7 @@ def main() -> None:
     checkpoint = Checkpoint(stage="benchmark", path=args.checkpoint)
     seeds = {domain: eval_seed(config.seed, domain) for domain in runner.domains}
     pool = EvalWorkers(config, manager, workers, max(1, args.threads // workers))
-    pool.evaluate(checkpoint, {"retrieval": seeds["retrieval"]})  # start the workers and load the checkpoint
+    pool.evaluate(checkpoint, seeds)  # start the workers, load the checkpoint, learn each domain's time (slowest first)
 
     def in_process(shared_prefix_min: int):
         def run():
@@ -56,14 +56,9 @@ def main() -> None:
             return {domain: runner.components.evaluate(checkpoint, domain, seed) for domain, seed in seeds.items()}
         return run
 
-    last_seconds: dict[str, float] = {}
-
-    def in_workers():
-        order = sorted(seeds, key=lambda domain: -last_seconds.get(domain, 0.0))
-        return pool.evaluate(checkpoint, {domain: seeds[domain] for domain in order})
-
     default_min = prefill.SHARED_PREFIX_MIN
-    ways = {"plain prefill": in_process(10**9), "shared prefix": in_process(default_min), f"{workers} workers": in_workers}
+    ways = {"plain prefill": in_process(10**9), "shared prefix": in_process(default_min),
+            f"{workers} workers": lambda: pool.evaluate(checkpoint, seeds)}
     times: dict[str, list[float]] = {way: [] for way in ways}
     details: dict[str, dict] = {}
     for _ in range(args.rounds):
@@ -71,8 +66,6 @@ def main() -> None:
             started = time.perf_counter()
             details[way] = run()
             times[way].append(time.perf_counter() - started)
-            if way == "shared prefix":
-                last_seconds = {domain: d["seconds"] for domain, d in details[way].items()}
     prefill.SHARED_PREFIX_MIN = default_min
     pool.close()
 

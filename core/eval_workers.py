@@ -54,12 +54,17 @@ class EvalWorkers:
         self.needed = evaluation_plugins(plugins)
         self.threads = threads
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self.last_seconds: dict[str, float] = {}
 
     def evaluate(self, checkpoint: Checkpoint, seeds: dict[str, int]) -> dict[str, dict[str, float]]:
-        """Every domain of ``seeds`` (in that order of submission: put the slowest first) on ``checkpoint``."""
-        futures = {domain: self.pool.submit(_evaluate, self.config, self.needed, self.threads, checkpoint, domain, seed)
-                   for domain, seed in seeds.items()}
-        return {domain: future.result() for domain, future in futures.items()}
+        """Every domain of ``seeds`` on ``checkpoint``, in that order. They are submitted slowest first (by their last
+        evaluation here), so no worker is left with a long one at the end."""
+        slowest_first = sorted(seeds, key=lambda domain: -self.last_seconds.get(domain, 0.0))
+        futures = {domain: self.pool.submit(_evaluate, self.config, self.needed, self.threads, checkpoint, domain, seeds[domain])
+                   for domain in slowest_first}
+        details = {domain: futures[domain].result() for domain in seeds}
+        self.last_seconds.update((domain, d["seconds"]) for domain, d in details.items())
+        return details
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)

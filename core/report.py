@@ -103,7 +103,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str] | None = Non
                 continue
             cells.append(f"{scores[d]:.3f}" + (f" ({delta:+.3f})" if delta is not None else ""))
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {report['seconds'].get(stage, 0.0):.1f} | "
-                     f"{report.get('eval_seconds', {}).get(stage, 0.0):.1f} |")
+                     f"{report['eval_seconds'].get(stage, 0.0):.1f} |")
     lines += ["", "In parentheses: change from the previous stage (negative = forgetting). Seconds: the stage's training; "
               "eval seconds: the domains' evaluations after it, added up (worker processes run them side by side, "
               "so the wall time is less).", ""]

@@ -206,11 +206,8 @@ class CascadeRunner:
         workers = self._workers()
         if workers is None:
             details = {domain: self.components.evaluate(checkpoint, domain, seed) for domain, seed in seeds.items()}
-        else:  # the slowest domains first (by their last evaluation's time), so no worker is left with a long one at the end
-            slowest_first = sorted(seeds, key=lambda domain: -self._eval_seconds.get(domain, 0.0))
-            computed = workers.evaluate(checkpoint, {domain: seeds[domain] for domain in slowest_first})
-            details = {domain: computed[domain] for domain in self.domains}
-            self._eval_seconds = {domain: d["seconds"] for domain, d in details.items()}
+        else:
+            details = workers.evaluate(checkpoint, seeds)
         scores = {domain: d["score"] for domain, d in details.items()}
         self.plugins.hook.cascade_eval_end(run=info, stage=stage, scores=scores, details=details)
         return scores, details
@@ -225,7 +222,6 @@ class CascadeRunner:
             if count == 1:
                 return None
             self._eval_workers = EvalWorkers(self.config, self.plugins, count, max(1, threads // count))
-            self._eval_seconds: dict[str, float] = {}
         return self._eval_workers
 
     def _start_loggers(self, info: RunInfo) -> list[str]:

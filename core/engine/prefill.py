@@ -47,8 +47,8 @@ def prefill(model, prompts: list[list[int]], pad: int, recorder=None) -> Prefill
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     shared = shared_prefix_length(prompts)
-    if shared < SHARED_PREFIX_MIN or not _stackable(DynamicCache(config=model.config)):
-        cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)
+    if shared < SHARED_PREFIX_MIN or not _stackable(cache):
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
         padded = not bool(attention_mask.all())
         out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None, position_ids=position_ids,
@@ -56,7 +56,7 @@ def prefill(model, prompts: list[list[int]], pad: int, recorder=None) -> Prefill
         return Prefilled(cache, out.logits[:, -1], attention_mask, position_ids)
 
     calls_before = [len(calls) for calls in recorder.calls] if recorder is not None else []
-    prefix = DynamicCache(config=model.config)
+    prefix = cache
     model(input_ids=torch.tensor([prompts[0][:shared]], device=device), position_ids=torch.arange(shared, device=device)[None],
           past_key_values=prefix, use_cache=True, logits_to_keep=1)
     by_length: dict[int, list[int]] = {}
