@@ -10,6 +10,8 @@ computes it (evaluation is seeded), only, through float rounding, on the threads
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 from omegaconf import DictConfig, OmegaConf
@@ -53,7 +55,8 @@ class EvalWorkers:
         self.config = OmegaConf.to_container(config, resolve=False)
         self.needed = evaluation_plugins(plugins)
         self.threads = threads
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_exit_with_parent)
         self.last_seconds: dict[str, float] = {}
 
     def evaluate(self, checkpoint: Checkpoint, seeds: dict[str, int]) -> dict[str, dict[str, float]]:
@@ -68,6 +71,18 @@ class EvalWorkers:
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
+
+
+def _exit_with_parent() -> None:
+    """A worker ends when the training process does, however that ends: a killed run never shuts its pool down,
+    and the workers, which hold the task queue's write end themselves, would wait on it forever."""
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:
+        parent.join()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 _components: Components | None = None  # a worker's own, made on its first request

@@ -192,10 +192,13 @@ class CascadeRunner:
                 unchanged: Entry | None = None) -> None:
         self.plugins.hook.cascade_stage_end(run=info, stage=stage, checkpoint=checkpoint, metrics=summary)
         if unchanged is None:
+            started = time.time()
             scores, details = self.evaluate(info, stage, checkpoint)
+            summary = {**summary, "eval_seconds": time.time() - started}
         else:
             scores = dict(unchanged.scores)
             details = {domain: {**values, "seconds": 0.0} for domain, values in unchanged.details.items()}  # nothing was run
+            summary = {**summary, "eval_seconds": 0.0}
             self.plugins.hook.cascade_eval_end(run=info, stage=stage, scores=scores, details=details)
         registry.add(Entry(checkpoint, scores, details, summary))
         write_report(self.run_dir, self.config, registry)

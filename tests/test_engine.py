@@ -115,6 +115,30 @@ def test_domain_weights_set_the_sft_mix(policy):
         SFTStage("sft", SFTStage.Config(domain_weights={"sumz": 2.0}), ["sums"]).rows(policy.tokenizer, context)
 
 
+def test_answer_loss_tool_scores_each_answer_token(policy):
+    """tools/answer_loss.py (README: what retrieval 0.5 was): per-token losses whose mean is the model's own loss."""
+    import importlib.util
+    from pathlib import Path
+
+    from cascade.engine.sft import tokenize_conversation
+
+    path = Path(__file__).parents[1] / "tools" / "answer_loss.py"
+    spec = importlib.util.spec_from_file_location("answer_loss", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    conversations = Arithmetic().demonstrations(3, 0)
+    for conversation, row in zip(conversations, tool.answer_token_losses(policy, conversations)):
+        assert "".join(token for token, _ in row).startswith(conversation[-1]["content"])
+        token_ids, mask = tokenize_conversation(policy.tokenizer, conversation)
+        labels = torch.tensor([[t if m else -100 for t, m in zip(token_ids, mask)]])
+        with torch.no_grad():
+            expected = policy.model(input_ids=torch.tensor([token_ids]), labels=labels).loss.item()
+        assert sum(nats for _, nats in row) / len(row) == pytest.approx(expected, rel=1e-5)
+    table = tool.by_position([[("a", 1.0), ("b", 0.0)], [("c", 3.0)]])
+    assert table == [{"position": 0, "token": "a", "mean_nats": 2.0, "answers": 2},
+                     {"position": 1, "token": "b", "mean_nats": 0.0, "answers": 1}]
+
+
 # ---- rollouts --------------------------------------------------------------------------------------
 
 

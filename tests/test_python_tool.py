@@ -262,7 +262,8 @@ def test_a_turn_without_a_call_ends_the_episode(tool, no_sandbox):
 # ---- hostile cells: contained, answered, the episode goes on, nothing left running ------------------------------
 
 FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-MEMORY_BOMB = ("import os\nfor _ in range(4):\n    if os.fork() == 0:\n        break\n"
+# three processes filling 256 MB each: ~1 s on a busy core (five took 1.5-2.3 s, near the 3 s wall limit)
+MEMORY_BOMB = ("import os\nfor _ in range(2):\n    if os.fork() == 0:\n        break\n"
                "x = []\nwhile True: x.append(bytearray(10**7))")
 DAEMON = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(0.5)\n"
           "        open('late.txt', 'w').write('alive')\n        time.sleep(60)\n    os._exit(0)\nprint('main done')")

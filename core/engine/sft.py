@@ -104,6 +104,8 @@ class SFTStage(Stage):
             wanted = self.config.demonstrations_per_domain if weight >= 1 else max(1, round(weight * self.config.demonstrations_per_domain))
             demos = context.environment(domain).demonstrations(wanted, context.seed)
             tokenized = [tokenize_conversation(tokenizer, conversation) for conversation in demos]
+            # repeats, not more distinct ones: asking for weight x as many distinct demonstrations cost the other
+            # domains in the default (structured output -0.19, tool calling -0.17, code -0.14: README)
             share = round(weight * len(tokenized)) if weight >= 1 else len(tokenized)
             examples += [tokenized[i % len(tokenized)] for i in range(share)]
         if not examples:

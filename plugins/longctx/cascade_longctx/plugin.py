@@ -16,7 +16,8 @@ from cascade_longctx.tasks import TASKS, LongContextTask, check_options, generat
 
 
 class LongContextEnvironment(Environment):
-    """Single-turn: a long context, a question, a short answer (``Answer: 48213``).
+    """Single-turn: a long context, a question, a short answer (``Answer: 48213``; demonstrations name what they
+    look up first: ``Answer: amber-falcon is 48213``, :mod:`cascade_longctx.tasks`).
 
     ``context_tokens``: approximate length of the prompt (:func:`cascade_longctx.tasks.approx_tokens`);
     ``tasks``: which kinds to mix, evenly; ``keys`` needles per haystack, ``queries`` how many of them one

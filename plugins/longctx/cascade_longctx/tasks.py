@@ -5,14 +5,22 @@ Three kinds, each a few facts hidden in generated filler sentences, then a quest
     niah               Some special magic numbers are hidden in the text below. ...
                        ... The special magic number for amber-falcon is 48213. ...
                        What is the special magic number for amber-falcon? Answer with the number.
-                       -> Answer: 48213
+                       -> Answer: amber-falcon is 48213
     variable_tracking  ... VAR QXT = 30517. ... VAR BMR = QXT. ... VAR ZKA = BMR. ...
                        Which variables are assigned the value 30517? Answer with the names.
                        -> Answer: QXT, BMR, ZKA
     multi_doc_qa       Document 1: Velmora / Velmora is a town. ... The mayor of Velmora is Tobin Reyes. ...
                        Document 2: Kelford / ...
                        Who is the mayor of Velmora? Answer briefly.    (or: In Document 1, who is the mayor?)
-                       -> Answer: Tobin Reyes
+                       -> Answer: The mayor of Velmora is Tobin Reyes.   (Document 1: Velmora. The mayor ...)
+
+A demonstration's answer (what SFT teaches) names what it looks up before the value, as the context states
+it: the asked key, the town (and the document's number). Written that way, the value follows a phrase of the
+context the model has just written, and finding it is copying what comes next; answering the bare value means
+carrying the asked key to the answer and matching it there, which the tiny model built from scratch did not
+learn (README, "What retrieval 0.5 was": retrieval 0.5 with bare answers, 0.92 with these, same steps). The
+reward scores only the values, so a bare answer scores the same. Variable tracking answers its names only
+(each hop's name comes before the one it copies).
 
 Every prompt holds distractors of the same kind as the answer (the other keys' numbers, other variable
 chains, the other documents' facts); they are the sample's ``distractors``, which the reward uses to refuse
@@ -67,10 +75,12 @@ class LongContextTask:
     """The other values of the same kind the context holds (wrong answers that look right)."""
     depth: float
     """Where the (first) asked fact sits in the context: 0 = start, 1 = end."""
+    stated: str
+    """What a demonstration answers after ``Answer: ``: the values, each after the context's words for it."""
 
     @property
     def answer(self) -> str:
-        return "Answer: " + ", ".join(self.values)
+        return "Answer: " + self.stated
 
 
 # ---- filler --------------------------------------------------------------------------------------
@@ -201,7 +211,8 @@ def niah(rng: random.Random, split: str, context_tokens: int, keys: int, queries
     context = fill(rng, needles, budget)
     expected = tuple(values[i] for i in asked)
     return (f"{NIAH_INTRO}\n\n{context}\n\n{question}", question, expected,
-            tuple(v for v in values if v not in expected), _depth(context, needles[asked[0]]))
+            tuple(v for v in values if v not in expected), _depth(context, needles[asked[0]]),
+            ", ".join(f"{names[i]} is {values[i]}" for i in asked))
 
 
 def variable_tracking(rng: random.Random, split: str, context_tokens: int, chains: int, hops: int) -> tuple:
@@ -219,7 +230,7 @@ def variable_tracking(rng: random.Random, split: str, context_tokens: int, chain
     budget = context_tokens - approx_tokens(f"{VT_INTRO}\n\n{' '.join(facts)}\n\n{question}")
     context = fill(rng, facts, budget)
     return (f"{VT_INTRO}\n\n{context}\n\n{question}", question, tuple(names[0]),
-            tuple(n for chain in names[1:] for n in chain), _depth(context, statements[0][0]))
+            tuple(n for chain in names[1:] for n in chain), _depth(context, statements[0][0]), ", ".join(names[0]))
 
 
 class Attribute(NamedTuple):
@@ -253,10 +264,12 @@ def multi_doc_qa(rng: random.Random, split: str, context_tokens: int, documents:
              for d in range(documents) for name, a in _ATTRIBUTES.items()}
     doc, attribute = rng.randrange(documents), rng.choice(list(_ATTRIBUTES))
     asked = _ATTRIBUTES[attribute]
+    expected = facts[doc, attribute]
+    fact = asked.fact.format(town=towns[doc], value=expected)
     if rng.random() < 0.5:
-        question = asked.by_town.format(town=towns[doc]) + " Answer briefly."
+        question, stated = asked.by_town.format(town=towns[doc]) + " Answer briefly.", fact
     else:
-        question = f"In Document {doc + 1}, {asked.by_number} Answer briefly."
+        question, stated = f"In Document {doc + 1}, {asked.by_number} Answer briefly.", f"Document {doc + 1}: {towns[doc]}. {fact}"
     heads, bodies = [], []  # per document: its title and first sentence; its facts, in random order
     for d, town in enumerate(towns):
         heads.append(f"Document {d + 1}: {town}\n{town} is a town.")
@@ -265,10 +278,8 @@ def multi_doc_qa(rng: random.Random, split: str, context_tokens: int, documents:
     fixed = approx_tokens("\n\n".join([QA_INTRO, *heads, *(" ".join(body) for body in bodies), question]))
     budget = (context_tokens - fixed) // documents
     context = "\n\n".join(f"{head} {fill(rng, body, budget)}" for head, body in zip(heads, bodies))
-    expected = facts[doc, attribute]
     return (f"{QA_INTRO}\n\n{context}\n\n{question}", question, (expected,),
-            tuple(v for v in facts.values() if v != expected),
-            _depth(context, asked.fact.format(town=towns[doc], value=expected)))
+            tuple(v for v in facts.values() if v != expected), _depth(context, fact), stated)
 
 
 # ---- generation ----------------------------------------------------------------------------------
@@ -301,8 +312,8 @@ def generate(kind: str, split: str, n: int, seed: int, context_tokens: int = 400
     }[kind]
 
     def task(rng: random.Random) -> LongContextTask:
-        prompt, question, values, distractors, depth = make(rng)
-        return LongContextTask(item_id(f"longctx-{kind}", prompt), kind, prompt, question, values, distractors, depth)
+        prompt, question, values, distractors, depth, stated = make(rng)
+        return LongContextTask(item_id(f"longctx-{kind}", prompt), kind, prompt, question, values, distractors, depth, stated)
 
     options = f"{context_tokens}/{keys}/{queries}/{chains}/{hops}/{documents}"
     return generate_items(task, lambda t: t.prompt, split, n, seed, f"{_SALT}/{kind}/{options}")
