@@ -39,6 +39,8 @@ class EvalConfig:
     """Completions decoded together: finished ones leave the batch, so a wide batch costs little (rollout engine)."""
     thinking: bool = False
     """Open answers with ``<think>\\n`` (thinking mode) instead of an empty ``<think></think>``."""
+    breakdown: Optional[str] = None
+    """A key of the samples' ``meta`` (e.g. ``task``): the details add ``score/<value>`` for each of its values."""
 
 
 @dataclass

@@ -111,6 +111,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str] | None = Non
     lines += [line for name in ("cascade", "gains") if name in figures
               for line in (f"![{FIGURE_CAPTIONS[name]}]({figures[name]})", "")]
     lines += variant_tables(report)
+    lines += breakdown_tables(report)
     lines += ["## Latest against best per domain", "", "| domain | best stage | best | latest | gap |", "|---|---|---:|---:|---:|"]
     for d, best in report["best"].items():
         lines.append(f"| {d} | {best['stage']} | {best['score']:.3f} | {best['latest']:.3f} | {best['gap']:+.3f} |")
@@ -137,6 +138,24 @@ def variant_tables(report: dict[str, Any]) -> list[str]:
                 rate = report["details"].get(stage, {}).get(variant, {}).get("tool_call_rate")
                 lines.append(f"| {stage} | {scores[base]:.3f} | {scores[variant]:.3f} | {scores[variant] - scores[base]:+.3f} | "
                              + ("n/a" if rate is None else f"{rate:.3f}") + " |")
+        lines.append("")
+    return lines
+
+
+def breakdown_tables(report: dict[str, Any]) -> list[str]:
+    """report.md's per-kind tables: a domain whose evaluation breaks its score down (``eval.breakdown``), after each
+    stage."""
+    lines = []
+    for domain in report["domains"]:
+        kinds = sorted({k for details in report["details"].values() for k in details.get(domain, {}) if k.startswith("score/")})
+        if not kinds:
+            continue
+        lines += [f"## `{domain}` by kind", "", "| stage | " + " | ".join(k.removeprefix("score/") for k in kinds) + " |",
+                  "|---|" + "---:|" * len(kinds)]
+        for stage, details in report["details"].items():
+            if domain in details:
+                lines.append(f"| {stage} | " + " | ".join(f"{details[domain][k]:.3f}" if k in details[domain] else "n/a"
+                                                          for k in kinds) + " |")
         lines.append("")
     return lines
 

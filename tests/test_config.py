@@ -23,7 +23,7 @@ def plan(tmp_path, *overrides):
     [
         ("cascade.stagez=1", "unknown config key 'cascade.stagez'; did you mean 'cascade.stages'? Valid keys under 'cascade': domains, name, order, stages"),
         ("sed=1", "unknown config key 'sed'; did you mean 'seed'?"),
-        ("eval.nn=3", "unknown config key 'eval.nn'; did you mean 'eval.n'? Valid keys under 'eval': batch_size, max_new_tokens, n, temperature"),
+        ("eval.nn=3", "unknown config key 'eval.nn'; did you mean 'eval.n'? Valid keys under 'eval': batch_size, breakdown, max_new_tokens, n, temperature"),
         ("cascade.stages.learn_add.typ=x", "unknown config key 'cascade.stages.learn_add.typ'; did you mean 'cascade.stages.learn_add.type'?"),
         ("seed=abc", "bad value for 'seed': Value 'abc' of type 'str' could not be converted to Integer"),
         ("cascade.stages.learn_add.params.stepz=3", "to add it, write '+cascade.stages.learn_add.params.stepz=...'"),

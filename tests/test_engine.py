@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -436,6 +437,25 @@ def test_evaluation_scores_the_held_out_split(checkpoint):
     result = evaluate(checkpoint, Arithmetic(), AlwaysRight(), options, seed=0)
     assert result["score"] == 1.0 and result["n"] == 4.0
     assert evaluate(checkpoint.__class__("x", "/nonexistent"), Arithmetic(), AlwaysRight(), options, 0) is None
+
+
+def test_evaluation_breaks_the_score_down_by_a_meta_key(checkpoint):
+    from cascade.engine.evaluate import evaluate
+
+    class Parity(Arithmetic):
+        def samples(self, split, n, seed):
+            return [replace(s, meta={"parity": "even" if s.answer % 2 == 0 else "odd"}) for s in super().samples(split, n, seed)]
+
+    class RightOnEven(Reward):
+        def score(self, episodes_G):
+            return [RewardResult(float(e.sample.answer % 2 == 0)) for e in episodes_G]
+
+    samples = Parity().samples("test", 8, 0)
+    even = sum(s.meta["parity"] == "even" for s in samples)
+    assert 0 < even < 8  # both kinds drawn
+    result = evaluate(checkpoint, Parity(), RightOnEven(), EvalConfig(n=8, max_new_tokens=2, breakdown="parity"), seed=0)
+    assert result["score/even"] == 1.0 and result["score/odd"] == 0.0 and result["score"] == even / 8
+    assert not any(k.startswith("score/") for k in evaluate(checkpoint, Parity(), RightOnEven(), EvalConfig(n=8, max_new_tokens=2), 0))
 
 
 def test_shared_prompt_logprobs_equal_the_plain_forward(policy):

@@ -226,3 +226,13 @@ def test_best_scores_show_forgetting_and_recovery():
     assert best["a"] == {"stage": "rl_a", "score": 0.6, "latest": 0.4, "gap": -0.2}  # rl_b made a forget
     best = best_scores(matrix, ["a", "b"])
     assert best["a"]["gap"] == -0.02 and best["b"] == {"stage": "rl_b", "score": 0.7, "latest": 0.7, "gap": 0.0}
+
+
+def test_a_domain_broken_down_by_kind_gets_its_own_table():
+    from cascade.report import breakdown_tables
+
+    report = {"domains": ["add", "longctx"],
+              "details": {"init": {"add": {"score": 0.1}, "longctx": {"score": 0.0, "score/niah": 0.0, "score/qa": 0.0}},
+                          "rl": {"add": {"score": 0.2}, "longctx": {"score": 0.25, "score/niah": 0.5}}}}
+    assert breakdown_tables(report) == ["## `longctx` by kind", "", "| stage | niah | qa |", "|---|---:|---:|",
+                                        "| init | 0.000 | 0.000 |", "| rl | 0.500 | n/a |", ""]

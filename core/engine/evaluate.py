@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from cascade.engine.grpo import score_groups
 from cascade.engine.policy import Policy, load_policy
 from cascade.engine.rollout import HFRolloutEngine, collect_episodes
-from cascade.types import Checkpoint, Environment, Reward, SamplingParams
+from cascade.types import Checkpoint, Environment, Reward, Sample, SamplingParams
 
 _loaded: tuple[str, Policy] | None = None
 
@@ -34,9 +34,18 @@ def evaluate(checkpoint: Checkpoint, environment: Environment, reward: Reward, o
         statuses.update(counts)
     return {
         "score": sum(values) / len(values),
+        **breakdown(samples, values, options.breakdown),
         "n": float(len(values)),
         "truncated": sum(e.truncated for e in episodes) / len(episodes),
         "response_tokens": sum(e.num_generated for e in episodes) / len(episodes),
         "reward_errors": float(statuses["error"] + statuses["timeout"]),
         "tool_call_rate": sum(any(m.get("role") == "tool" for m in e.messages) for e in episodes) / len(episodes),
     }
+
+
+def breakdown(samples: list[Sample], values: list[float], key: str | None) -> dict[str, float]:
+    """``score/<value>``: the mean score of the samples whose ``meta[key]`` is that value (none without a key)."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for sample, value in zip(samples, values) if key else ():
+        groups[str(sample.meta.get(key))].append(value)
+    return {f"score/{name}": sum(group) / len(group) for name, group in sorted(groups.items())}
