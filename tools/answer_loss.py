@@ -8,7 +8,7 @@ with the token found there in the first one, and writes the table as JSON (``--o
 stays at ln k while the others are near 0 is a k-way guess the model makes there and nowhere else: on the
 retrieval domain (two keyed numbers) the first digit sits at ln 2 = 0.69 and the rest near 0, which says the
 model copies a number out of the prompt exactly but not the one the key asks for (README, "What retrieval
-0.5 is"). Answers are aligned from their first token, so the table is meant for short fixed-shape answers.
+0.5 was"). Answers are aligned from their first token, so the table is meant for short fixed-shape answers.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ import torch
 def answer_token_losses(policy, conversations: list[list[dict]]) -> list[list[tuple[str, float]]]:
     """Per conversation, (token, loss in nats) for every token of its last (assistant) message."""
     from cascade.engine.sft import tokenize_conversation
+    from cascade.engine.trainer import token_logprobs
 
     rows = []
     for conversation in conversations:
         token_ids, loss_mask = tokenize_conversation(policy.tokenizer, conversation)
         with torch.no_grad():
-            logp = torch.log_softmax(policy.model(input_ids=torch.tensor([token_ids])).logits[0].float(), -1)
+            logp = token_logprobs(policy.model, torch.tensor([token_ids]))[0][0]  # [t - 1]: log p(token t)
         trained = [t for t in range(1, len(token_ids)) if loss_mask[t]]
-        rows.append([(policy.tokenizer.decode([token_ids[t]]), -logp[t - 1, token_ids[t]].item()) for t in trained])
+        rows.append([(policy.tokenizer.decode([token_ids[t]]), -logp[t - 1].item()) for t in trained])
     return rows
 
 

@@ -45,7 +45,9 @@ def evaluate(checkpoint: Checkpoint, environment: Environment, reward: Reward, o
 
 def breakdown(samples: list[Sample], values: list[float], key: str | None) -> dict[str, float]:
     """``score/<value>``: the mean score of the samples whose ``meta[key]`` is that value (none without a key)."""
+    if key is None:
+        return {}
     groups: dict[str, list[float]] = defaultdict(list)
-    for sample, value in zip(samples, values) if key else ():
+    for sample, value in zip(samples, values):
         groups[str(sample.meta.get(key))].append(value)
     return {f"score/{name}": sum(group) / len(group) for name, group in sorted(groups.items())}
