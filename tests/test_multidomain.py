@@ -4,6 +4,7 @@ environment driven turn by turn with scripted assistant messages (no model neede
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -348,6 +349,15 @@ def test_workplace_generator(difficulty):
     for t in train:
         assert t.expected != t.initial  # every task changes the database
         assert len(t.turns) == (2 if difficulty == 3 else 1)
+
+
+def test_workplace_kinds_are_balanced():
+    # every kind has hundreds of distinct requests, so none crowds the others out of a split
+    for split, n in [("train", 1000), ("test", 64)]:
+        kinds = Counter(t.kind for t in workplace.generate(split, n, 0, 1))
+        assert sum(kinds.values()) == n
+        assert set(kinds) == {"create_event", "send_email", "update_ticket", "assign_ticket", "delete_event"}
+        assert min(kinds.values()) >= 0.1 * n, kinds
 
 
 def test_workplace_demonstrations_score_one_through_step():

@@ -20,8 +20,9 @@ strict about the tags, the tool and parameter names and the types, forgiving of 
 The reward :class:`DbStateReward` replays the whole episode the same way and scores 1 if the final
 database equals the expected one (field by field, types included), else 0.
 
-``difficulty``: 1 = one action with the ids given; 2 = two actions; 3 = the record is named by its
-title, so the model must ``search`` for its id first (a second turn).
+``difficulty``: 1 = one action, records named by title and id (``Close the vpn ticket (T37).``);
+2 = two actions; 3 = the record is named by its title alone, so the model must ``search`` for its id
+first (a second turn).
 """
 
 from __future__ import annotations
@@ -48,8 +49,14 @@ _SALT = "cascade-multidomain/workplace"
 
 _EVENT_TITLES = ("standup", "lunch", "review", "demo", "sync", "retro", "planning", "training")
 _TICKET_TITLES = ("printer", "laptop", "vpn", "badge", "wifi", "monitor", "login", "phone")
-_PEOPLE = ("ann", "ben", "eva", "leo", "mia", "sam")
-_TOPICS = ("budget", "hiring", "launch", "report", "invoice", "agenda")
+_PEOPLE = ("ann", "ben", "eva", "leo", "mia", "sam", "kim", "joe", "zoe", "max",
+           "ivy", "tom", "liz", "dan", "amy", "ray", "kay", "ned", "pat", "roy")
+_TOPICS = ("budget", "hiring", "launch", "report", "invoice", "agenda", "offsite", "roadmap", "payroll", "security",
+           "onboarding", "travel", "pricing", "contract", "survey", "release", "audit", "vendor", "backlog", "quota")
+_ID_NUMBERS = range(1, 100)
+"""Record ids are drawn from E1..E99 / T1..T99, so a request that names a record by id has as many
+distinct texts as a scheduling one: with three fixed ids, 'Close ticket T2.' had six texts in all and
+the generator's distinct tasks were nearly all scheduling."""
 
 
 TOOLS: list[dict] = [
@@ -157,12 +164,12 @@ class WorkplaceTask:
 
 
 def _initial_db(rng: random.Random) -> dict:
-    events = rng.sample(_EVENT_TITLES, 2)
-    tickets = rng.sample(_TICKET_TITLES, 3)
+    events = zip(sorted(rng.sample(_ID_NUMBERS, 2)), rng.sample(_EVENT_TITLES, 2))
+    tickets = zip(sorted(rng.sample(_ID_NUMBERS, 3)), rng.sample(_TICKET_TITLES, 3))
     return {
-        "events": [{"id": f"E{i + 1}", "title": t, "day": rng.choice(DAYS), "hour": rng.randint(8, 18)} for i, t in enumerate(events)],
+        "events": [{"id": f"E{n}", "title": t, "day": rng.choice(DAYS), "hour": rng.randint(8, 18)} for n, t in events],
         "emails": [{"id": "M1", "to": f"{rng.choice(_PEOPLE)}@acme.com", "subject": rng.choice(_TOPICS)}],
-        "tickets": [{"id": f"T{i + 1}", "title": t, "status": "open", "assignee": ""} for i, t in enumerate(tickets)],
+        "tickets": [{"id": f"T{n}", "title": t, "status": "open", "assignee": ""} for n, t in tickets],
     }
 
 
@@ -185,7 +192,7 @@ def _action(rng: random.Random, db: dict, by_title: bool) -> tuple[str, str, lis
         if by_title:
             search = ("search", (("table", "events"), ("query", event["title"])))
             return kind, f"Cancel the {event['title']} event.", [[search], [call]]
-        return kind, f"Cancel event {event['id']}.", [[call]]
+        return kind, f"Cancel the {event['title']} event ({event['id']}).", [[call]]
     ticket = rng.choice(db["tickets"])
     if kind == "update_ticket":
         status = rng.choice(["pending", "closed"])
@@ -198,7 +205,7 @@ def _action(rng: random.Random, db: dict, by_title: bool) -> tuple[str, str, lis
     if by_title:
         search = ("search", (("table", "tickets"), ("query", ticket["title"])))
         return kind, template.format(f"the {ticket['title']} ticket"), [[search], [call]]
-    return kind, template.format(f"ticket {ticket['id']}"), [[call]]
+    return kind, template.format(f"the {ticket['title']} ticket ({ticket['id']})"), [[call]]
 
 
 def _make(rng: random.Random, difficulty: int) -> WorkplaceTask:
