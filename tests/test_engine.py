@@ -116,17 +116,22 @@ def test_domain_weights_set_the_sft_mix(policy):
         SFTStage("sft", SFTStage.Config(domain_weights={"sumz": 2.0}), ["sums"]).rows(policy.tokenizer, context)
 
 
-def test_answer_loss_tool_scores_each_answer_token(policy):
-    """tools/answer_loss.py (README: what retrieval 0.5 was): per-token losses whose mean is the model's own loss."""
+def load_tool(name: str):
+    """A script of tools/ as a module."""
     import importlib.util
     from pathlib import Path
 
-    from cascade.engine.sft import tokenize_conversation
-
-    path = Path(__file__).parents[1] / "tools" / "answer_loss.py"
-    spec = importlib.util.spec_from_file_location("answer_loss", path)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "tools" / f"{name}.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_answer_loss_tool_scores_each_answer_token(policy):
+    """tools/answer_loss.py (README: what retrieval 0.5 was): per-token losses whose mean is the model's own loss."""
+    from cascade.engine.sft import tokenize_conversation
+
+    tool = load_tool("answer_loss")
     conversations = Arithmetic().demonstrations(3, 0)
     for conversation, row in zip(conversations, tool.answer_token_losses(policy, conversations)):
         assert "".join(token for token, _ in row).startswith(conversation[-1]["content"])
@@ -439,16 +444,18 @@ def test_evaluation_scores_the_held_out_split(checkpoint):
     assert evaluate(checkpoint.__class__("x", "/nonexistent"), Arithmetic(), AlwaysRight(), options, 0) is None
 
 
+class Parity(Arithmetic):
+    def samples(self, split, n, seed):
+        return [replace(s, meta={"parity": "even" if s.answer % 2 == 0 else "odd"}) for s in super().samples(split, n, seed)]
+
+
+class RightOnEven(Reward):
+    def score(self, episodes_G):
+        return [RewardResult(float(e.sample.answer % 2 == 0)) for e in episodes_G]
+
+
 def test_evaluation_breaks_the_score_down_by_a_meta_key(checkpoint):
     from cascade.engine.evaluate import evaluate
-
-    class Parity(Arithmetic):
-        def samples(self, split, n, seed):
-            return [replace(s, meta={"parity": "even" if s.answer % 2 == 0 else "odd"}) for s in super().samples(split, n, seed)]
-
-    class RightOnEven(Reward):
-        def score(self, episodes_G):
-            return [RewardResult(float(e.sample.answer % 2 == 0)) for e in episodes_G]
 
     samples = Parity().samples("test", 8, 0)
     even = sum(s.meta["parity"] == "even" for s in samples)
@@ -456,6 +463,21 @@ def test_evaluation_breaks_the_score_down_by_a_meta_key(checkpoint):
     result = evaluate(checkpoint, Parity(), RightOnEven(), EvalConfig(n=8, max_new_tokens=2, breakdown="parity"), seed=0)
     assert result["score/even"] == 1.0 and result["score/odd"] == 0.0 and result["score"] == even / 8
     assert not any(k.startswith("score/") for k in evaluate(checkpoint, Parity(), RightOnEven(), EvalConfig(n=8, max_new_tokens=2), 0))
+
+
+def test_held_out_answers_tool_lists_what_the_evaluation_scored(checkpoint, policy):
+    """tools/held_out_answers.py (README: tool calling after SFT): the evaluation's items, answers and scores."""
+    from cascade.engine.evaluate import evaluate, held_out_episodes
+
+    tool = load_tool("held_out_answers")
+    options = EvalConfig(n=6, max_new_tokens=3, breakdown="parity")
+    samples, episodes, values, _ = held_out_episodes(policy, Parity(), RightOnEven(), options, seed=0)
+    assert sum(values) / len(values) == evaluate(checkpoint, Parity(), RightOnEven(), options, 0)["score"]
+    rows = tool.answer_rows(samples, episodes, values, "parity")
+    assert [(r["id"], r["kind"], r["asked"], r["score"]) for r in rows] == [
+        (s.id, s.meta["parity"], s.messages[-1]["content"], float(s.answer % 2 == 0)) for s in samples]
+    assert all(r["answers"] == [r["messages"][-1]["content"]] and r["messages"][-1]["role"] == "assistant" for r in rows)
+    assert tool.one_line("a\n b   c", 10) == "a b c" and tool.one_line("x" * 20, 10) == "x" * 7 + "..."
 
 
 def test_shared_prompt_logprobs_equal_the_plain_forward(policy):

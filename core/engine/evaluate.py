@@ -8,7 +8,7 @@ from pathlib import Path
 from cascade.engine.grpo import score_groups
 from cascade.engine.policy import Policy, load_policy
 from cascade.engine.rollout import HFRolloutEngine, collect_episodes
-from cascade.types import Checkpoint, Environment, Reward, Sample, SamplingParams
+from cascade.types import Checkpoint, Environment, Episode, Reward, Sample, SamplingParams
 
 _loaded: tuple[str, Policy] | None = None
 
@@ -24,14 +24,7 @@ def policy_for(checkpoint: Checkpoint) -> Policy:
 def evaluate(checkpoint: Checkpoint, environment: Environment, reward: Reward, options, seed: int) -> dict[str, float] | None:
     if not (Path(checkpoint.path) / "config.json").exists():
         return None  # not a Hugging Face checkpoint: another plugin's
-    policy = policy_for(checkpoint)
-    samples = environment.samples("test", options.n, seed)
-    params = SamplingParams(options.max_new_tokens, options.temperature, 1.0, 1, seed)
-    episodes = collect_episodes(HFRolloutEngine(policy, options.batch_size), policy, environment, samples, params, options.thinking)
-    values, statuses = [], Counter()
-    for scores, counts in score_groups(reward, [[episode] for episode in episodes]):
-        values += scores
-        statuses.update(counts)
+    samples, episodes, values, statuses = held_out_episodes(policy_for(checkpoint), environment, reward, options, seed)
     return {
         "score": sum(values) / len(values),
         **breakdown(samples, values, options.breakdown),
@@ -41,6 +34,19 @@ def evaluate(checkpoint: Checkpoint, environment: Environment, reward: Reward, o
         "reward_errors": float(statuses["error"] + statuses["timeout"]),
         "tool_call_rate": sum(any(m.get("role") == "tool" for m in e.messages) for e in episodes) / len(episodes),
     }
+
+
+def held_out_episodes(policy: Policy, environment: Environment, reward: Reward, options, seed: int
+                      ) -> tuple[list[Sample], list[Episode], list[float], Counter]:
+    """The evaluation's items (``options.n`` of the test split), their episodes, scores and reward statuses."""
+    samples = environment.samples("test", options.n, seed)
+    params = SamplingParams(options.max_new_tokens, options.temperature, 1.0, 1, seed)
+    episodes = collect_episodes(HFRolloutEngine(policy, options.batch_size), policy, environment, samples, params, options.thinking)
+    values, statuses = [], Counter()
+    for scores, counts in score_groups(reward, [[episode] for episode in episodes]):
+        values += scores
+        statuses.update(counts)
+    return samples, episodes, values, statuses
 
 
 def breakdown(samples: list[Sample], values: list[float], key: str | None) -> dict[str, float]:
