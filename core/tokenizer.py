@@ -21,11 +21,11 @@ PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 TAG_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tools>", "</tools>"]
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, *TAG_TOKENS]
 
-# GPT-2's pre-tokenizer split, with every digit its own piece (as Qwen2; arithmetic stays learnable with a small
-# vocabulary) and newlines grouped: a word keeps at most a leading space (" the"), never a bracket or a quote, so
-# a word copied into a tool call (`<parameter=to>ben`), a call (`f(xs)`) or a string is the word's own pieces
-# after the punctuation. Qwen2's split (`[^\r\n\p{L}\p{N}]?\p{L}+`) made `>ben` and `(xs` pieces of their own.
-SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+# Qwen2's pre-tokenizer split: words keep one leading non-letter (" the", "(x"), every digit is its own piece
+# (arithmetic stays learnable with a small vocabulary), newlines group together.
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 # ChatML as in SPEC.md. Tools are declared in the system turn, one JSON object per line inside <tools>...</tools>.
 # Assistant turns render their content as given (plus any structured `tool_calls` in the SPEC.md call syntax),
