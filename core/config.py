@@ -68,6 +68,9 @@ class StageConfig:
     """Options of the stage type, checked against its ``Config``."""
     wrap: Dict[str, Any] = field(default_factory=dict)
     """Wrappers to apply, ``{name: {options}}`` (e.g. ``mopd``)."""
+    seed: Optional[int] = None
+    """The stage's own seed (its prompt draws and sampling); None: the run's seed plus the stage's position.
+    Set it to rerun a stage with other draws while the held-out draws, set by the run's seed, stay."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ class PlannedStage:
     type: str
     domains: list[str]
     stage: Stage
+    seed: int | None = None
 
 
 class CascadeRunner:
@@ -101,7 +102,7 @@ class CascadeRunner:
         for wrapper_name, wrapper_options in spec.wrap.items():
             wrap = self._check(lambda: self.plugins.component("wrappers", wrapper_name), f"{where}.wrap").factory
             stage = wrap(stage, wrapper_options)
-        return PlannedStage(name, spec.type, domains, stage)
+        return PlannedStage(name, spec.type, domains, stage, spec.get("seed"))
 
     @staticmethod
     def _check(lookup, where: str):
@@ -171,7 +172,7 @@ class CascadeRunner:
             stage_dir=stage_dir,
             registry=registry,
             plugins=self.plugins,
-            seed=self.config.seed + index,
+            seed=self.config.seed + index if planned.seed is None else planned.seed,
             make_environment=self.environment,
             make_reward=self.reward,
         )

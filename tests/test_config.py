@@ -63,7 +63,7 @@ def test_plugin_options_are_checked_before_any_work(tmp_path, toy_env, override,
 
 
 def test_valid_keys_follow_the_schema_through_dicts():
-    assert valid_keys(AppConfig, ["cascade", "stages", "anything"]) == ["type", "domains", "params", "wrap"]
+    assert valid_keys(AppConfig, ["cascade", "stages", "anything"]) == ["type", "domains", "params", "wrap", "seed"]
     assert valid_keys(AppConfig, ["cascade", "stages", "x", "params"]) is None  # free-form: the stage checks
 
 

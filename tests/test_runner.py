@@ -72,6 +72,20 @@ def test_order_is_a_config_choice(tmp_path, toy_env):
     assert list(result["scores"]) == ["init", "learn_mul", "learn_add"]
 
 
+def test_a_stage_seed_redraws_the_stage_and_keeps_the_held_out_draws(tmp_path, toy_env):
+    def learn_add_rewards(run_dir):
+        lines = (run_dir / "stages" / "01_learn_add" / "history.jsonl").read_text().splitlines()
+        return [json.loads(line)["reward"] for line in lines]
+
+    default = toy_runner(tmp_path / "a").run()
+    same = toy_runner(tmp_path / "b", "cascade.stages.learn_add.seed=1").run()  # run seed 0 + position 1
+    other = toy_runner(tmp_path / "c", "cascade.stages.learn_add.seed=5").run()
+    assert learn_add_rewards(tmp_path / "b" / "run") == learn_add_rewards(tmp_path / "a" / "run")
+    assert same["scores"] == default["scores"]
+    assert learn_add_rewards(tmp_path / "c" / "run") != learn_add_rewards(tmp_path / "a" / "run")
+    assert other["scores"]["init"] == default["scores"]["init"]  # the held-out items are the same ones
+
+
 @pytest.mark.parametrize("crash_at", ["learn_add:5", "learn_mul:7", "learn_mul:10"])
 def test_resume_after_kill_9_gives_the_same_scores(tmp_path, toy_env, crash_at):
     """A run killed mid-stage (between step checkpoints) and resumed ends exactly like an uninterrupted one."""
