@@ -310,6 +310,20 @@ def test_demonstrations_are_training_prompts_that_score_one():
             assert stated == ", ".join(values)
 
 
+def test_demonstrations_spread_over_their_own_context_lengths():
+    env = LongContextEnvironment(demonstration_context_tokens=[100, 400])
+    demonstrations = env.demonstrations(30, 0)
+    lengths = [approx_tokens(conversation[0]["content"]) for conversation in demonstrations]
+    # at 100 pieces: niah and variable tracking ~100; three documents' facts alone are ~180
+    assert all(n <= 200 for n in lengths[:15]) and all(n > 370 for n in lengths[15:])
+    assert env.demonstrations(30, 0)[15:] == LongContextEnvironment().demonstrations(15, 0)
+    assert all(approx_tokens(s.messages[0]["content"]) > 370 for s in env.samples("test", 9, 0))  # evaluation keeps 400
+    assert LongContextEnvironment(demonstration_context_tokens=200).demonstration_lengths == [200]
+    for bad in ([], [0, 400], -5):
+        with pytest.raises(ValueError):
+            LongContextEnvironment(demonstration_context_tokens=bad)
+
+
 # ---- registration and presets --------------------------------------------------------------------
 
 

@@ -22,23 +22,33 @@ class LongContextEnvironment(Environment):
     ``context_tokens``: approximate length of the prompt (:func:`cascade_longctx.tasks.approx_tokens`);
     ``tasks``: which kinds to mix, evenly; ``keys`` needles per haystack, ``queries`` how many of them one
     question asks (one count, or a list to draw from); ``chains`` and ``hops`` of variable tracking;
-    ``documents`` per multi-document question.
+    ``documents`` per multi-document question; ``demonstration_context_tokens``: the lengths SFT's
+    demonstrations are generated at (one, or a list they are spread over evenly; default ``context_tokens``).
+    Shorter contexts pack several demonstrations to a row and leave less filler between the question and its
+    facts; below the facts' own length a context is the facts alone.
     """
 
     def __init__(self, context_tokens: int = 400, tasks: Sequence[str] = TASKS, keys: int = 4,
-                 queries: int | Sequence[int] = 1, chains: int = 2, hops: int = 2, documents: int = 3):
+                 queries: int | Sequence[int] = 1, chains: int = 2, hops: int = 2, documents: int = 3,
+                 demonstration_context_tokens: int | Sequence[int] | None = None):
         self.tasks = list(tasks)
         if not self.tasks or set(self.tasks) - set(TASKS):
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(tasks)}")
         self.options = {"context_tokens": int(context_tokens), "keys": int(keys),
                         "queries": [int(queries)] if isinstance(queries, int) else [int(q) for q in queries],
                         "chains": int(chains), "hops": int(hops), "documents": int(documents)}
-        check_options(**self.options)  # now, not at the first sample
+        lengths = context_tokens if demonstration_context_tokens is None else demonstration_context_tokens
+        self.demonstration_lengths = [int(lengths)] if isinstance(lengths, int) else [int(x) for x in lengths]
+        if not self.demonstration_lengths:
+            raise ValueError("demonstration_context_tokens must name at least one length")
+        for length in [self.options["context_tokens"], *self.demonstration_lengths]:  # now, not at the first sample
+            check_options(**{**self.options, "context_tokens": length})
 
-    def items(self, split: str, n: int, seed: int) -> list[LongContextTask]:
+    def items(self, split: str, n: int, seed: int, context_tokens: int | None = None) -> list[LongContextTask]:
+        options = self.options if context_tokens is None else {**self.options, "context_tokens": context_tokens}
         out: list[LongContextTask] = []
         for kind, count in zip(self.tasks, spread(n, self.tasks)):
-            out += generate(kind, split, count, seed, **self.options)
+            out += generate(kind, split, count, seed, **options)
         return out
 
     def samples(self, split, n, seed):
@@ -51,7 +61,8 @@ class LongContextEnvironment(Environment):
 
     def demonstrations(self, n, seed):
         return [[{"role": "user", "content": t.prompt}, {"role": "assistant", "content": NO_THINKING + t.answer}]
-                for t in self.items("train", n, seed + 1)]
+                for length, count in zip(self.demonstration_lengths, spread(n, self.demonstration_lengths))
+                for t in self.items("train", count, seed + 1, context_tokens=length)]
 
 
 @hookimpl
