@@ -36,7 +36,7 @@ class PlannedStage:
     type: str
     domains: list[str]
     stage: Stage
-    seed: int | None = None
+    seed: int | None
 
 
 class CascadeRunner:
@@ -102,7 +102,7 @@ class CascadeRunner:
         for wrapper_name, wrapper_options in spec.wrap.items():
             wrap = self._check(lambda: self.plugins.component("wrappers", wrapper_name), f"{where}.wrap").factory
             stage = wrap(stage, wrapper_options)
-        return PlannedStage(name, spec.type, domains, stage, spec.get("seed"))
+        return PlannedStage(name, spec.type, domains, stage, spec.seed)
 
     @staticmethod
     def _check(lookup, where: str):
