@@ -272,7 +272,7 @@ def test_search_then_update_episode():
     assert [m["role"] for m in messages[2:]] == ["assistant", "tool", "assistant", "tool", "assistant"]
     assert steps[1].metrics == {"tool_calls": 1.0, "tool_errors": 0.0}
     result = reward.score([Episode(sample, messages, [], [], [])])[0]
-    assert result.value == 1.0 and result.info == {"status": "ok", "calls": 2, "errors": 0}
+    assert result.value == 1.0 and result.info == {"status": "ok", "calls": 2, "errors": 0, "part": 1.0}
     assert INITIAL["tickets"][1]["status"] == "open"  # the sample's database is never mutated
 
 
@@ -327,6 +327,51 @@ def test_wrong_final_state_scores_zero_and_extra_writes_count():
     assert reward.score([episode(sample, NT + close + render_call("send_email", to="x@acme.com", subject="hi"))])[0].value == 0.0
     assert reward.score([episode(sample, NT + close + render_call("search", table="tickets", query="vpn"))])[0].value == 1.0
     assert reward.score([episode(sample, NT + "Done.")])[0].value == 0.0
+
+
+EMAIL_BEN = render_call("send_email", to="ben@acme.com", subject="survey")
+REVIEW_THU = render_call("create_event", title="review", day="Thu", hour=13)
+
+
+@pytest.mark.parametrize("expected, made, part", [
+    ([EMAIL_BEN], EMAIL_BEN, 1.0),
+    ([EMAIL_BEN], render_call("send_email", to="ben@acme.com", subject="launch"), 1 / 3),   # right person only
+    ([EMAIL_BEN], render_call("send_email", to="ray@acme.com", subject="launch"), 0.0),
+    ([EMAIL_BEN], EMAIL_BEN + EMAIL_BEN, 2 / 4),                       # a second email is two wrong facts
+    ([REVIEW_THU], render_call("create_event", title="lunch", day="Thu", hour=13), 2 / 4),
+    ([REVIEW_THU], render_call("create_event", title="review", day="Mon", hour=13), 2 / 4),
+    ([render_call("delete_event", event_id="E1")], render_call("delete_event", event_id="E1"), 1.0),
+    ([render_call("delete_event", event_id="E1")], render_call("delete_event", event_id="E2"), 0.0),
+    ([render_call("update_ticket", ticket_id="T2", status="closed", assignee="amy")],
+     render_call("update_ticket", ticket_id="T2", status="closed", assignee="ben"), 1 / 3),
+    ([render_call("update_ticket", ticket_id="T2", status="closed")],
+     render_call("update_ticket", ticket_id="T2", status="closed") + render_call("update_ticket", ticket_id="T1", status="closed"), 1 / 2),
+    ([render_call("update_ticket", ticket_id="T2", status="closed")], "Done.", 0.0),           # nothing done
+    ([render_call("update_ticket", ticket_id="T2", status="closed")], render_call("update_ticket", ticket_id="T9", status="closed"), 0.0),
+])
+def test_workplace_part_credit_is_the_right_share_of_the_changes(expected, made, part):
+    sample = make_sample(expected)
+    all_, part_ = DbStateReward(), DbStateReward(metric="part")
+    ep = episode(sample, NT + made, NT + "Done.")
+    result = part_.score([ep])[0]
+    assert result.value == pytest.approx(part)
+    assert result.info["part"] == pytest.approx(part)
+    assert all_.score([ep])[0].value == float(part == 1.0)  # the strict score is unchanged
+
+
+def test_workplace_part_credit_compares_values_with_their_types():
+    db = json.loads(json.dumps(INITIAL))
+    expected = json.loads(json.dumps(INITIAL))
+    expected["events"].append({"id": "E3", "title": "sync", "day": "Tue", "hour": 10})
+    db["events"].append({"id": "E3", "title": "sync", "day": "Tue", "hour": "10"})
+    assert workplace.changes(INITIAL, db) - workplace.changes(INITIAL, expected) == {("events", "E3", "hour", '"10"')}
+    assert workplace.part_credit(INITIAL, db, expected) == pytest.approx(2 / 4)
+    assert workplace.part_credit(INITIAL, INITIAL, INITIAL) == 1.0
+
+
+def test_workplace_reward_rejects_an_unknown_metric():
+    with pytest.raises(ValueError, match="metric must be one of"):
+        DbStateReward(metric="partial")
 
 
 def test_episodes_do_not_share_state():
@@ -393,3 +438,31 @@ def test_presets_compose_and_plugin_registers():
     for name, reward in [("mcq", "mcq_match"), ("structured", "json_schema"), ("workplace", "db_state")]:
         domain = cfg.cascade.domains[name]
         assert domain.environment == name and domain.reward == reward
+
+
+def test_a_stage_trains_one_domain_on_other_reward_options_and_evaluation_keeps_the_domains(tmp_path):
+    from types import SimpleNamespace
+
+    from cascade.config import ConfigError, compose
+    from cascade.plugins import PluginManager
+    from cascade.runner import CascadeRunner
+
+    plugins = PluginManager().load()
+    part = "+cascade.stages.multidomain_rl.params.domain_reward_options={workplace: {metric: part}}"
+    config = compose(["cascade.order=[sft,multidomain_rl]", "loggers=[]", part], plugins.config_searchpaths())
+    runner = CascadeRunner(config, plugins, tmp_path)
+    stage = {p.name: p for p in runner.plan}["multidomain_rl"].stage
+    stage.make_rewards(SimpleNamespace(plugins=plugins, config=config))
+    context = SimpleNamespace(reward=runner.reward)
+    assert stage.reward("workplace", context).metric == "part"
+    assert runner.reward("workplace").metric == "all"              # held-out evaluation: the domain's own
+    assert stage.reward("mcq", context) is runner.reward("mcq")
+    typo = compose(["cascade.order=[sft,multidomain_rl]", "loggers=[]",
+                    "+cascade.stages.multidomain_rl.params.domain_reward_options={workplac: {metric: part}}"],
+                   plugins.config_searchpaths())
+    with pytest.raises(ConfigError, match=r"names \['workplac'\], not domains of this stage \(its domains: \['mcq', 'structured', 'workplace'\]\)"):
+        CascadeRunner(typo, plugins, tmp_path)
+    both = compose(["cascade.order=[sft,multidomain_rl]", "loggers=[]", part,
+                    "+cascade.stages.multidomain_rl.params.reward=db_state"], plugins.config_searchpaths())
+    with pytest.raises(ConfigError, match="not both"):
+        CascadeRunner(both, plugins, tmp_path)

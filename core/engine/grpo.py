@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from omegaconf import OmegaConf
 
+from cascade.config import ConfigError
 from cascade.engine.moe import freeze_routers, replay_routing
 from cascade.engine.policy import Policy, load_policy
 from cascade.engine.prefix_sharing import shared_prompt_logprobs
@@ -182,15 +184,27 @@ class GRPOStage(Stage):
         """Train on this reward instead of each domain's own, which held-out evaluation keeps (RLHF: a learnt
         reward model here, the domain's gold scorer in evaluation); ``reward_options`` are its options."""
         reward_options: dict[str, Any] = field(default_factory=dict)
+        domain_reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+        """Per domain: options laid over that domain's own ``reward_options`` while this stage trains it, e.g.
+        ``{workplace: {metric: part}}`` (part credit in training; held-out evaluation keeps the domain's own)."""
 
     def __init__(self, name, config, domains):
         super().__init__(name, config, domains)
+        unknown = sorted(set(config.domain_reward_options) - set(domains))
+        if unknown:
+            raise ConfigError(f"stage {name}: domain_reward_options names {unknown}, not domains of this stage "
+                              f"(its domains: {list(domains)})")
+        if config.reward is not None and config.domain_reward_options:
+            raise ConfigError(f"stage {name}: set reward (one reward for every domain) or domain_reward_options "
+                              "(each domain's own reward with other options), not both")
         self.objective = PolicyGradient(config.clip_eps)
         """What the update optimises; a wrapper (MOPD) swaps in its own."""
         self.pool_metrics: dict[str, float] = {}
         """Facts about the prompt pools (the prefilter's kept share), logged with every step."""
         self.training_reward: Reward | None = None
         """The ``reward`` option's reward, made when the stage runs (its inputs may come from earlier stages)."""
+        self.domain_rewards: dict[str, Reward] = {}
+        """The rewards ``domain_reward_options`` makes, by domain."""
 
     # ---- the stage -------------------------------------------------------------------------------
 
@@ -203,21 +217,33 @@ class GRPOStage(Stage):
         trainer = Trainer(policy, cfg.optim, cfg.steps)
         engine = context.plugins.component("rollout_engines", context.config.rollout.engine).factory(policy, context.config.rollout)
         pools = {d: context.environment(d).samples("train", cfg.prompt_pool, context.seed) for d in self.domains}
-        if cfg.reward is not None:
-            self.training_reward = context.plugins.component("rewards", cfg.reward).factory(**cfg.reward_options)
+        self.make_rewards(context)
         try:
             if cfg.prefilter_samples > 0:
                 pools = {d: self.hard_prompts(d, pool, policy, engine, context) for d, pool in pools.items()}
             return train_steps(trainer, context, cfg.steps, cfg.checkpoint_every,
                                lambda n: {**self.train_step(n, policy, trainer, engine, pools, context), **self.pool_metrics})
         finally:
-            for component in (engine, self.training_reward):
+            for component in (engine, self.training_reward, *self.domain_rewards.values()):
                 if callable(getattr(component, "close", None)):  # a Ray engine's actor, a reward's workers
                     component.close()
 
+    def make_rewards(self, context) -> None:
+        """The rewards this stage trains on in place of the domains' own: ``reward``'s, ``domain_reward_options``'."""
+        cfg = self.config
+        if cfg.reward is not None:
+            self.training_reward = context.plugins.component("rewards", cfg.reward).factory(**cfg.reward_options)
+        for domain, options in cfg.domain_reward_options.items():
+            spec = context.config.cascade.domains[domain]
+            own = OmegaConf.to_container(spec.reward_options, resolve=True)
+            self.domain_rewards[domain] = context.plugins.component("rewards", spec.reward).factory(**{**own, **options})
+
     def reward(self, domain: str, context) -> Reward:
-        """What the stage trains ``domain`` on: the ``reward`` option's, else the domain's own."""
-        return self.training_reward if self.training_reward is not None else context.reward(domain)
+        """What the stage trains ``domain`` on: the ``reward`` option's, else the domain's own (with this stage's
+        ``domain_reward_options``)."""
+        if self.training_reward is not None:
+            return self.training_reward
+        return self.domain_rewards.get(domain) or context.reward(domain)
 
     def hard_prompts(self, domain: str, pool: list, policy: Policy, engine, context) -> list:
         """The pool without the prompts the starting policy always solves (``prefilter_samples`` rollouts each).

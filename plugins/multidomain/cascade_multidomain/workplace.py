@@ -18,7 +18,11 @@ Parsing and argument typing are :mod:`cascade.environments.tool_calls` (shared w
 strict about the tags, the tool and parameter names and the types, forgiving of whitespace.
 
 The reward :class:`DbStateReward` replays the whole episode the same way and scores 1 if the final
-database equals the expected one (field by field, types included), else 0.
+database equals the expected one (field by field, types included), else 0 (``metric: all``). With
+``metric: part`` it scores the share of the database changes that are right (:func:`changes`): the changes
+the episode made and the expected ones, as (table, id, field, value) facts, intersection over union. A
+request that needs a word no rollout writes yet (the subject of an email) then still tells a right
+addressee from a wrong one, where ``all`` scores every rollout 0 and GRPO learns nothing from the group.
 
 ``difficulty``: 1 = one action, records named by title and id (``Close the vpn ticket (T37).``);
 2 = two actions; 3 = the record is named by its title alone, so the model must ``search`` for its id
@@ -287,15 +291,49 @@ class WorkplaceEnvironment(Environment):
         return demos
 
 
+def changes(initial: dict, db: dict) -> set[tuple]:
+    """What ``db`` changed against ``initial``, as facts: ``(table, id, field, value)`` for every field a record
+    gained or changed (all the fields of a new record but its id; values as JSON, so 13 and "13" differ), and
+    ``(table, id, None, None)`` for a removed record."""
+    facts: set[tuple] = set()
+    for table in TABLES:
+        before = {r["id"]: r for r in initial.get(table, [])}
+        after = {r["id"]: r for r in db.get(table, [])}
+        for record_id, record in after.items():
+            old = before.get(record_id, {})
+            facts.update((table, record_id, k, json.dumps(v, sort_keys=True))
+                         for k, v in record.items() if k != "id" and (k not in old or old[k] != v))
+        facts.update((table, record_id, None, None) for record_id in before.keys() - after.keys())
+    return facts
+
+
+def part_credit(initial: dict, db: dict, expected: dict) -> float:
+    """The right share of the changes: |made and expected| / |made or expected| (1.0 when neither changed anything)."""
+    made, wanted = changes(initial, db), changes(initial, expected)
+    return len(made & wanted) / len(made | wanted) if made | wanted else 1.0
+
+
+METRICS = ("all", "part")
+
+
 class DbStateReward(Reward):
-    """1 if replaying every tool call of the episode leaves the database equal to the expected one."""
+    """``all``: 1 if replaying every tool call of the episode leaves the database equal to the expected one;
+    ``part``: the right share of its changes (module docstring). ``info``: status, calls, errors, part."""
+
+    def __init__(self, metric: str = "all"):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.metric = metric
 
     def score(self, episodes_G: Sequence[Episode]) -> list[RewardResult]:
         results = []
         for e in episodes_G:
-            db, log = replay(e.sample.answer["initial"], assistant_turns(e.sample, e.messages))
-            ok = same_json(db, e.sample.answer["expected"])
+            initial, expected = e.sample.answer["initial"], e.sample.answer["expected"]
+            db, log = replay(initial, assistant_turns(e.sample, e.messages))
+            ok = same_json(db, expected)
+            part = 1.0 if ok else part_credit(initial, db, expected)
             calls = [r for turn in log for _, r in turn]
-            results.append(RewardResult(float(ok), info={
-                "status": "ok" if ok else "mismatch", "calls": len(calls), "errors": sum("error" in r for r in calls)}))
+            results.append(RewardResult(part if self.metric == "part" else float(ok), info={
+                "status": "ok" if ok else "mismatch", "calls": len(calls), "errors": sum("error" in r for r in calls),
+                "part": part}))
         return results
