@@ -59,8 +59,11 @@ def math_export(plugins, model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def multidomain_export(plugins, model_dir, tmp_path_factory):
-    """The default cascade's multi-domain RL stage: multiple choice, structured output and the multi-turn workplace."""
-    config = compose(["loggers=[]", "cascade.stages.multidomain_rl.params.prompt_pool=16"], plugins.config_searchpaths())
+    """The default cascade's multi-domain RL stage: multiple choice, structured output and the multi-turn workplace
+    (trained on part credit)."""
+    config = compose(["loggers=[]", "cascade.stages.multidomain_rl.params.prompt_pool=16",
+                      "+cascade.stages.multidomain_rl.params.domain_reward_options={workplace: {metric: part}}"],
+                     plugins.config_searchpaths())
     return export_stage(config, plugins, "multidomain_rl", tmp_path_factory.mktemp("multidomain"), str(model_dir))
 
 
@@ -151,6 +154,9 @@ def test_domains_are_interleaved_and_a_multi_turn_stage_gets_an_agent(multidomai
     rows = read_rows(multidomain_export.out)
     assert [row["datasource"] for row in rows[:3]] == ["mcq", "structured", "workplace"]
     assert multidomain_export.max_turns == 4 and (multidomain_export.out / "agent_func.py").exists()
+    domains = json.loads((multidomain_export.out / "cascade_export.json").read_text())["domains"]
+    assert domains["workplace"]["reward"] == "db_state" and domains["workplace"]["reward_options"] == {"metric": "part"}
+    assert domains["structured"]["reward_options"] == {"allow_fence": True}  # the domain's own
 
 
 # ---- reward_func(queries, prompts, labels) -----------------------------------------------------------------------

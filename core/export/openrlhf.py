@@ -76,7 +76,7 @@ GRPO_OPTIONS = (
     "steps", "prompts_per_step", "group_size", "temperature", "top_p", "max_new_tokens", "optim", "updates_per_batch",
     "clip_eps", "kl_coef", "dynamic_filter", "max_sampling_rounds", "overlong_reward", "min_best_reward",
     "prefilter_samples", "freeze_router", "routing_replay", "prompt_pool", "checkpoint_every", "thinking", "reward",
-    "reward_options",
+    "reward_options", "domain_reward_options",
 )
 """The GRPO stage options the export reads: a stage type whose ``Config`` has them all can be exported."""
 
@@ -248,15 +248,17 @@ def _checked_label(sample: Sample) -> str:
 
 
 def _domain_settings(config: DictConfig, domains: Sequence[str], options) -> dict[str, dict]:
-    """Each domain's environment and reward as the runner builds them; the stage's ``reward`` option, when set,
-    replaces every domain's reward in training (as ``GRPOStage.reward`` does)."""
+    """Each domain's environment and reward as the runner builds them, and trained on as ``GRPOStage.reward`` does: the
+    stage's ``reward`` option, when set, replaces every domain's reward; ``domain_reward_options`` overlay one's own."""
     settings = {}
     for domain in domains:
         spec = config.cascade.domains[domain]
         if options.reward:
             reward, reward_options = options.reward, dict(options.reward_options)
         else:
-            reward, reward_options = spec.reward, OmegaConf.to_container(spec.reward_options, resolve=True)
+            reward = spec.reward
+            reward_options = {**OmegaConf.to_container(spec.reward_options, resolve=True),
+                              **dict(options.domain_reward_options.get(domain, {}))}
         settings[domain] = {
             "environment": spec.environment,
             "environment_options": OmegaConf.to_container(spec.environment_options, resolve=True),
