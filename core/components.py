@@ -12,6 +12,13 @@ from cascade.plugins import PluginManager
 from cascade.types import Checkpoint, Environment, Reward
 
 
+def domain_reward(config: DictConfig, domain: str, overlay=None) -> tuple[str, dict]:
+    """The name and options of ``domain``'s own reward, with ``overlay`` laid over its options (a stage's
+    ``domain_reward_options``: other options for training only)."""
+    spec = config.cascade.domains[domain]
+    return spec.reward, {**OmegaConf.to_container(spec.reward_options, resolve=True), **(overlay or {})}
+
+
 class Components:
     def __init__(self, config: DictConfig, plugins: PluginManager):
         self.config = config
@@ -30,9 +37,8 @@ class Components:
 
     def reward(self, domain: str) -> Reward:
         if domain not in self._rewards:
-            spec = self.config.cascade.domains[domain]
-            factory = self.plugins.component("rewards", spec.reward).factory
-            self._rewards[domain] = factory(**OmegaConf.to_container(spec.reward_options, resolve=True))
+            name, options = domain_reward(self.config, domain)
+            self._rewards[domain] = self.plugins.component("rewards", name).factory(**options)
         return self._rewards[domain]
 
     def eval_options(self, domain: str) -> EvalConfig:

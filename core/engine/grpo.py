@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from omegaconf import OmegaConf
 
+from cascade.components import domain_reward
 from cascade.config import ConfigError
 from cascade.engine.moe import freeze_routers, replay_routing
 from cascade.engine.policy import Policy, load_policy
@@ -233,17 +233,16 @@ class GRPOStage(Stage):
         cfg = self.config
         if cfg.reward is not None:
             self.training_reward = context.plugins.component("rewards", cfg.reward).factory(**cfg.reward_options)
-        for domain, options in cfg.domain_reward_options.items():
-            spec = context.config.cascade.domains[domain]
-            own = OmegaConf.to_container(spec.reward_options, resolve=True)
-            self.domain_rewards[domain] = context.plugins.component("rewards", spec.reward).factory(**{**own, **options})
+        for domain, overlay in cfg.domain_reward_options.items():
+            name, options = domain_reward(context.config, domain, overlay)
+            self.domain_rewards[domain] = context.plugins.component("rewards", name).factory(**options)
 
     def reward(self, domain: str, context) -> Reward:
         """What the stage trains ``domain`` on: the ``reward`` option's, else the domain's own (with this stage's
         ``domain_reward_options``)."""
         if self.training_reward is not None:
             return self.training_reward
-        return self.domain_rewards.get(domain) or context.reward(domain)
+        return self.domain_rewards[domain] if domain in self.domain_rewards else context.reward(domain)
 
     def hard_prompts(self, domain: str, pool: list, policy: Policy, engine, context) -> list:
         """The pool without the prompts the starting policy always solves (``prefilter_samples`` rollouts each).

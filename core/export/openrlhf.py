@@ -60,6 +60,7 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cascade.components import domain_reward
 from cascade.config import ConfigError
 from cascade.engine.rollout import generation_prefix, render_prompt
 from cascade.plugins import PluginManager, unknown_name_message
@@ -256,9 +257,7 @@ def _domain_settings(config: DictConfig, domains: Sequence[str], options) -> dic
         if options.reward:
             reward, reward_options = options.reward, dict(options.reward_options)
         else:
-            reward = spec.reward
-            reward_options = {**OmegaConf.to_container(spec.reward_options, resolve=True),
-                              **dict(options.domain_reward_options.get(domain, {}))}
+            reward, reward_options = domain_reward(config, domain, options.domain_reward_options.get(domain))
         settings[domain] = {
             "environment": spec.environment,
             "environment_options": OmegaConf.to_container(spec.environment_options, resolve=True),
