@@ -90,6 +90,30 @@ def test_causal_conv1d_update_matches_the_original():
             assert torch.equal(state, expected_state)
 
 
+@pytest.mark.parametrize("seq_len", [1, 3, 37])  # shorter than, and longer than, the kernel
+def test_causal_conv1d_fn_matches_the_original_forward_and_backward(seq_len):
+    g = torch.Generator().manual_seed(seq_len)
+    for activation in ("silu", None):
+        for with_bias in (True, False):
+            # the mixer's argument: a (batch, dim, seq_len) transposed view of its (batch, seq_len, dim) projection
+            x = torch.randn(3, seq_len, 24, generator=g).requires_grad_(True)
+            weight = torch.randn(24, 4, generator=g).requires_grad_(True)
+            bias = torch.randn(24, generator=g).requires_grad_(True) if with_bias else None
+            leaves = [t for t in (x, weight, bias) if t is not None]
+            outs, grads = [], []
+            for fn in (ORIGINAL["causal_conv1d_fn"], fast_decode.causal_conv1d_fn):
+                out = fn(x.transpose(1, 2), weight, bias, activation)
+                (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+                outs.append(out)
+                grads.append([t.grad.clone() for t in leaves])
+                for t in leaves:
+                    t.grad = None
+            assert outs[1].shape == outs[0].shape
+            torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+            for ours, theirs in zip(*grads[::-1]):
+                torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
 def _scan_inputs(batch, seq_len, heads, groups, head_dim, state, initial_state, seed=0):
     """Leaf tensors for a chunk scan, as the mixer passes them (dt before dt_bias and softplus, A = -exp(A_log))."""
     g = torch.Generator().manual_seed(seed)

@@ -387,6 +387,34 @@ def test_experts_forward_matches_nemotron_eager_and_reference():
     torch.testing.assert_close(ours.double(), ref_moe(x, ids, w, ex.up_proj, ex.down_proj), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_fp32_experts_padded_block_and_per_expert_loop_match_eager(monkeypatch, padded):
+    """Both no-grad fp32 CPU paths, Nemotron's squared-ReLU experts and Qwen3's gated ones, with padding slots."""
+    from cascade.kernels import cascade_experts_forward, moe_layer
+
+    taken = []
+    padded_forward = moe_layer._experts_forward_padded
+    monkeypatch.setattr(moe_layer, "_experts_forward_padded", lambda *a: taken.append(1) or padded_forward(*a))
+    monkeypatch.setattr(moe_layer, "_PADDED_BELOW", 10**9 if padded else 0)
+    ex, g = _nemotron_experts()
+    block, _ = _qwen3_block()
+    for tokens in (4, 16):
+        # every expert chosen equally often (the padded block has no spare rows: the 2x rule lets it run), but some
+        # tokens have fewer experts (routing replay's -1)
+        ids = torch.stack([torch.arange(4) * 4 + (t % 4) for t in range(tokens)])
+        ids[1, 2] = -1
+        w = torch.rand(tokens, 4, generator=g)
+        x = torch.randn(tokens, 32, generator=g)
+        xq = torch.randn(tokens, 48, generator=g)
+        with torch.no_grad():
+            torch.testing.assert_close(experts_forward(x, ids, w, ex.up_proj, ex.down_proj),
+                                       ref_moe(x, ids, w, ex.up_proj, ex.down_proj).float(), rtol=1e-4, atol=1e-5)
+            ids_q = ids.clamp(min=0)  # transformers' eager experts take no -1
+            torch.testing.assert_close(cascade_experts_forward(block.experts, xq, ids_q, w),
+                                       block.experts(xq, ids_q, w), rtol=1e-5, atol=1e-6)
+    assert len(taken) == (4 if padded else 0)
+
+
 @pytest.mark.parametrize("tokens", [12, 200])  # ~3 and ~50 rows per expert
 @pytest.mark.parametrize("transposed_below", [0, 10**9])  # bf16 GEMMs as x @ W.T / as W @ x.T for every expert
 def test_experts_forward_bf16_matches_eager_with_fp32_weights_and_sum(monkeypatch, tokens, transposed_below):

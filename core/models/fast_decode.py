@@ -13,13 +13,15 @@ The versions here compute the same numbers with less work:
   over the heads of their group instead of copied; the state updated in place; one bmm per (batch, group) for the
   output. Only taken when the per-head inputs really are broadcasts (stride 0 over head_dim/state, as the mixer
   passes them, and what the `mamba_ssm` kernel calls `tie_hdim`); anything else goes to transformers' function.
-* `causal_conv1d_update`: shift the conv window in place and take the depthwise dot product with the kernel
-  directly, instead of `cat` + a grouped `conv1d` over K+1 positions of which one output is kept.
+* `causal_conv1d_update`: shift the conv window in place (one shift of the state's flat memory) and take the
+  depthwise dot product with the kernel as one matrix-vector product, instead of `cat` + a grouped `conv1d` over
+  K+1 positions of which one output is kept (ops over a last dim of K = 4 are the slow ones on CPU: 0.4x the time).
 * `mamba2_chunk_scan`, the SSD scan of a prefill and of GRPO's training forward (which continues each rollout
   from its prompt's cache, `cascade.engine.prefix_sharing`, so it runs forward and backward through this scan):
-  `cascade.models.ssd.ssd_chunk_scan`, about a third less time forward + backward than transformers'. Packed
-  rows (`seq_idx`) go to the function it replaced: `cascade.models.packing`'s scan (the same one, with the
-  samples' boundaries) when packing is enabled.
+  `cascade.models.ssd.ssd_chunk_scan`, about a third less time forward + backward than transformers'; and
+  `causal_conv1d_fn`, the conv before it, as `cascade.models.conv.causal_conv1d` (K multiply-adds instead of a
+  grouped conv1d, about half the time forward + backward). Packed rows (`seq_idx`) go to the functions they
+  replaced: `cascade.models.packing`'s (the same ones, with the samples' boundaries) when packing is enabled.
 
 The arithmetic is the original's, in the same dtypes; results agree to float rounding, not bit for bit: the
 state update is one `addcmul` (which may use a fused multiply-add), the reductions (bmm over the state, the K-term
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 from transformers.activations import ACT2FN
 
+from cascade.models.conv import causal_conv1d
 from cascade.models.fallbacks import FallbackPatch
 from cascade.models.ssd import scan_options, ssd_chunk_scan
 
@@ -50,6 +53,7 @@ _KERNELS = {
     "mamba2_selective_state_update": ("mamba_ssm", "selective_state_update"),
     "causal_conv1d_update": ("causal_conv1d", "causal_conv1d_update"),
     "mamba2_chunk_scan": ("mamba_ssm", "mamba_chunk_scan_combined"),
+    "causal_conv1d_fn": ("causal_conv1d", "causal_conv1d_fn"),
 }
 _PATCH = FallbackPatch(_nemotron_h, "__cascade_fast_decode_original__", _KERNELS)
 _ORIGINAL = _PATCH.original
@@ -117,12 +121,18 @@ def mamba2_selective_state_update(
 def causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activation=None, **kwargs):
     """Depthwise causal conv for one new position: hidden_states (b, d, 1), conv_state (b, d, K) the last K inputs
     (updated in place), weight (d, K). Other shapes go to transformers' function."""
-    if hidden_states.shape[-1] != 1 or conv_state.shape[-1] != weight.shape[-1] or kwargs:
+    kernel = weight.shape[-1]
+    if (hidden_states.shape[-1] != 1 or conv_state.shape[-1] != kernel or not conv_state.is_contiguous()
+            or conv_state.dtype != torch.promote_types(conv_state.dtype, hidden_states.dtype) or kwargs):
         return _ORIGINAL["causal_conv1d_update"](hidden_states, conv_state, weight, bias, activation, **kwargs)
-    # the window after this step: drop the oldest input, append the new one (cat promotes dtypes as the original)
-    window = torch.cat([conv_state[..., 1:], hidden_states], dim=-1).to(weight.dtype)
-    conv_state.copy_(window)
-    out = (window * weight).sum(-1, keepdim=True)
+    # The window after this step, in place: drop the oldest input, append the new one. Shifting the whole state one
+    # element down its flat memory moves every channel's window along (the slot each channel's last input lands in is
+    # then overwritten with the new input); ops over a last dim of size K (a cat, a sum) are ~10x slower on CPU.
+    flat = conv_state.view(-1)
+    flat[:-1].copy_(flat[1:].clone())
+    conv_state[..., -1] = hidden_states[..., 0]
+    products = conv_state.to(weight.dtype) * weight
+    out = torch.mv(products.view(-1, kernel), products.new_ones(kernel)).view(*conv_state.shape[:2], 1)
     if bias is not None:
         out = out + bias[:, None]
     if activation is not None:
@@ -138,11 +148,22 @@ def mamba2_chunk_scan(hidden_states, dt, A, B, C, chunk_size, **kwargs):
     return ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, **scan_options(kwargs))
 
 
+def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs):
+    """The depthwise causal conv of a prefill or training forward (transformers' signature), as
+    `cascade.models.conv.causal_conv1d`. Packed rows (`seq_idx`, `cu_seqlens`) go to transformers' function."""
+    if kwargs.get("seq_idx") is not None or kwargs.get("cu_seqlens") is not None:
+        return _ORIGINAL["causal_conv1d_fn"](hidden_states, weight, bias, activation, **kwargs)
+    return causal_conv1d(hidden_states, weight, bias, activation)
+
+
 _REPLACEMENT = {
     "mamba2_selective_state_update": mamba2_selective_state_update,
     "causal_conv1d_update": causal_conv1d_update,
     "mamba2_chunk_scan": mamba2_chunk_scan,
+    "causal_conv1d_fn": causal_conv1d_fn,
 }
+_PACKED_TO_CURRENT = {"mamba2_chunk_scan": mamba2_chunk_scan, "causal_conv1d_fn": causal_conv1d_fn}
+"""The functions whose packed calls go to whatever they replaced (`cascade.models.packing`'s, if enabled first)."""
 
 
 def enable_fast_decode() -> dict[str, bool]:
@@ -154,16 +175,17 @@ def enable_fast_decode() -> dict[str, bool]:
     it is enabled later, it wraps this scan and takes the packed rows before they get here)."""
 
     def bind(name, current):
-        if name != "mamba2_chunk_scan":
+        if name not in _PACKED_TO_CURRENT:
             return _REPLACEMENT[name]
+        ours = _PACKED_TO_CURRENT[name]
 
-        def chunk_scan(*args, **kwargs):
+        def unpacked_ours(*args, **kwargs):
             if kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None:
-                return mamba2_chunk_scan(*args, **kwargs)
+                return ours(*args, **kwargs)
             return current(*args, **kwargs)
 
-        chunk_scan.__doc__ = mamba2_chunk_scan.__doc__
-        return chunk_scan
+        unpacked_ours.__doc__ = ours.__doc__
+        return unpacked_ours
 
     return _PATCH.enable(bind)
 
@@ -181,6 +203,7 @@ __all__ = [
     "mamba2_selective_state_update",
     "causal_conv1d_update",
     "mamba2_chunk_scan",
+    "causal_conv1d_fn",
     "enable_fast_decode",
     "disable_fast_decode",
     "fast_decode_enabled",

@@ -55,8 +55,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
-from transformers.activations import ACT2FN
 
+from cascade.models.conv import causal_conv1d
 from cascade.models.fallbacks import FallbackPatch
 from cascade.models.ssd import scan_options, ssd_chunk_scan
 
@@ -143,20 +143,8 @@ def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs
     if seq_idx is None and cu_seqlens is None:
         return _ORIGINAL["causal_conv1d_fn"](hidden_states, weight, bias, activation, **kwargs)
     batch, _, seq_len = hidden_states.shape
-    seg = _segments(seq_idx, cu_seqlens, batch, seq_len, hidden_states.device)
-    kernel = weight.shape[-1]
-    x = hidden_states.to(weight.dtype)
-    # cross-correlation, as F.conv1d: out[t] = sum_j weight[:, j] * x[t + j - (K - 1)]; shift = K - 1 - j
-    out = x * weight[:, kernel - 1, None]
-    for shift in range(1, min(kernel, seq_len)):
-        same = (seg[:, shift:] == seg[:, :-shift])[:, None, :]  # (batch, 1, seq_len - shift): t vs t - shift
-        term = torch.where(same, x[..., :-shift] * weight[:, kernel - 1 - shift, None], 0.0)
-        out = out + F.pad(term, (shift, 0))
-    if bias is not None:
-        out = out + bias[:, None]
-    if activation is not None:
-        out = ACT2FN[activation](out)
-    return out.to(hidden_states.dtype)
+    segments = _segments(seq_idx, cu_seqlens, batch, seq_len, hidden_states.device)
+    return causal_conv1d(hidden_states, weight, bias, activation, segments=segments)
 
 
 def mamba2_chunk_scan(hidden_states, dt, A, B, C, chunk_size, **kwargs):

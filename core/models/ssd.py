@@ -91,12 +91,15 @@ def ssd_chunk_scan(
     groups, state_size = B.shape[2], B.shape[3]
     chunk_size = scan_block(chunk_size)
     per_group = heads // groups
+    heads_p = per_group * head_dim  # a group's heads side by side
 
     dt = discretization_step(dt, dt_bias, dt_softplus, dt_limit).float()
 
     x = hidden_states.float()
     pad = (chunk_size - seq_len % chunk_size) % chunk_size
     n_chunks = (seq_len + pad) // chunk_size
+
+    grouped = (batch, n_chunks, groups)
 
     def chunked(t: torch.Tensor) -> torch.Tensor:  # (b, seq_len, ...) -> (b, c, chunk, ...), zero padded
         return pad_sequence_end(t, pad).reshape(batch, n_chunks, chunk_size, *t.shape[2:])
@@ -133,7 +136,10 @@ def ssd_chunk_scan(
     decay_to_end = torch.exp(A_cumsum[..., -1:] - A_cumsum)
     if segments is not None:
         decay_to_end = decay_to_end.masked_fill(~per_position(seg == seg[..., -1:]), 0)
-    states = (x_dt * decay_to_end[..., None]).transpose(-1, -2) @ B  # (b, c, g, h, p, n)
+    # one matmul per (batch, chunk, group) with the group's heads side by side, (h p) x l times l x n: B is shared by
+    # the heads, and a per-head matmul against B broadcast over them copies B per head, forward and backward
+    weighted = (x_dt * decay_to_end[..., None]).permute(0, 1, 2, 4, 3, 5).reshape(*grouped, chunk_size, heads_p)
+    states = (weighted.transpose(-1, -2) @ B[:, :, :, 0]).view(*grouped, per_group, head_dim, state_size)
 
     # 3. across chunks, sequentially as mamba_ssm's state passing: state entering chunk c + 1 = the one entering c,
     # decayed over chunk c, plus chunk c's own end state. One step per chunk (a few per row in our workloads).
@@ -160,7 +166,8 @@ def ssd_chunk_scan(
     decay_from_start = torch.exp(A_cumsum)
     if segments is not None:
         decay_from_start = decay_from_start.masked_fill(~per_position(seg == owner[..., None]), 0)
-    Y = Y + (C @ states.transpose(-1, -2)) * decay_from_start[..., None]
+    from_state = (C[:, :, :, 0] @ states.reshape(*grouped, heads_p, state_size).transpose(-1, -2))  # (b, c, g, l, (h p))
+    Y = Y + from_state.view(*grouped, chunk_size, per_group, head_dim).transpose(3, 4) * decay_from_start[..., None]
 
     output = Y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n_chunks * chunk_size, heads, head_dim)[:, :seq_len]
     if D is not None:
