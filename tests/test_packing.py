@@ -15,7 +15,7 @@ import transformers.models.nemotron_h.modeling_nemotron_h as nemotron_h
 from transformers.integrations.hub_kernels import use_kernel_func_from_hub_with_fallback
 from transformers.masking_utils import create_causal_mask, find_packed_sequence_indices
 
-from cascade.models import packing
+from cascade.models import fast_decode, packing
 from cascade.models.packing import (
     disable_packed_sequences,
     enable_packed_sequences,
@@ -103,6 +103,35 @@ def test_torch_fallback_refuses_seq_idx_without_this_module(model, batch):
     finally:
         if was_enabled:
             enable_packed_sequences()
+
+
+def test_packing_leaves_and_rejoins_from_under_fast_decode(model, batch):
+    """Fast decode installed over packing (an SFT stage, then a rollout engine): disabling packing takes it out from
+    under fast decode, whose packed calls then reach transformers' fallback again, which refuses them."""
+    input_ids, packed = batch
+    fast_decode_was_enabled, packing_was_enabled = fast_decode.fast_decode_enabled(), packing.packed_sequences_enabled()
+    fast_decode.disable_fast_decode()
+    disable_packed_sequences()
+    try:
+        enable_packed_sequences()
+        fast_decode.enable_fast_decode()
+        assert packing.packed_sequences_enabled() and fast_decode.fast_decode_enabled()
+        model.eval()
+        with torch.no_grad():
+            packed_logits = model(input_ids, **packed.model_kwargs()).logits
+            disable_packed_sequences()
+            assert not packing.packed_sequences_enabled() and fast_decode.fast_decode_enabled()
+            with pytest.raises(ValueError, match="packed sequences"):
+                model(input_ids, **packed.model_kwargs())
+            enable_packed_sequences()  # now over fast decode
+            torch.testing.assert_close(model(input_ids, **packed.model_kwargs()).logits, packed_logits)
+    finally:
+        fast_decode.disable_fast_decode()
+        disable_packed_sequences()
+        if packing_was_enabled:
+            enable_packed_sequences()
+        if fast_decode_was_enabled:
+            fast_decode.enable_fast_decode()
 
 
 def test_packed_logits_equal_each_sample_alone(model, batch):

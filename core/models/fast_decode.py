@@ -45,7 +45,7 @@ import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 from transformers.activations import ACT2FN
 
 from cascade.models.conv import causal_conv1d
-from cascade.models.fallbacks import FallbackPatch
+from cascade.models.fallbacks import FallbackPatch, replaced
 from cascade.models.ssd import scan_options, ssd_chunk_scan
 
 # name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
@@ -162,8 +162,8 @@ _REPLACEMENT = {
     "mamba2_chunk_scan": mamba2_chunk_scan,
     "causal_conv1d_fn": causal_conv1d_fn,
 }
-_PACKED_TO_CURRENT = {"mamba2_chunk_scan": mamba2_chunk_scan, "causal_conv1d_fn": causal_conv1d_fn}
-"""The functions whose packed calls go to whatever they replaced (`cascade.models.packing`'s, if enabled first)."""
+_UNPACKED_ONLY = {"mamba2_chunk_scan": mamba2_chunk_scan, "causal_conv1d_fn": causal_conv1d_fn}
+"""Ours for unpacked rows only: packed calls go to what they replaced (`cascade.models.packing`'s, if it is below)."""
 
 
 def enable_fast_decode() -> dict[str, bool]:
@@ -175,14 +175,14 @@ def enable_fast_decode() -> dict[str, bool]:
     it is enabled later, it wraps this scan and takes the packed rows before they get here)."""
 
     def bind(name, current):
-        if name not in _PACKED_TO_CURRENT:
+        if name not in _UNPACKED_ONLY:
             return _REPLACEMENT[name]
-        ours = _PACKED_TO_CURRENT[name]
+        ours = _UNPACKED_ONLY[name]
 
         def unpacked_ours(*args, **kwargs):
             if kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None:
                 return ours(*args, **kwargs)
-            return current(*args, **kwargs)
+            return replaced(unpacked_ours)(*args, **kwargs)
 
         unpacked_ours.__doc__ = ours.__doc__
         return unpacked_ours

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 import transformers.models.nemotron_h.modeling_nemotron_h as _nemotron_h
 
 from cascade.models.conv import causal_conv1d
-from cascade.models.fallbacks import FallbackPatch
+from cascade.models.fallbacks import FallbackPatch, replaced
 from cascade.models.ssd import scan_options, ssd_chunk_scan
 
 # name in modeling_nemotron_h -> (package, function) whose real kernel would replace the torch fallback
@@ -187,7 +187,7 @@ def enable_packed_sequences() -> dict[str, bool]:
 
         def bound(*args, **kwargs):
             if kwargs.get("seq_idx") is None and kwargs.get("cu_seqlens") is None:
-                return original(*args, **kwargs)  # the unpacked call, exactly as transformers makes it
+                return replaced(bound)(*args, **kwargs)  # the unpacked call, to what it would have reached
             if name == "mamba2_chunk_scan" and (kwargs.get("return_final_states") or kwargs.get("initial_states") is not None):
                 # the mixer asks for final states only when it has a cache, and with a cache transformers
                 # does not build the packed (block-diagonal) attention mask: attention would leak silently

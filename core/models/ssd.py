@@ -3,7 +3,9 @@
 One implementation serves both callers: `cascade.models.fast_decode` (a rollout's prefill, GRPO's training
 forward) and `cascade.models.packing` (SFT's packed rows, where no state or intra-chunk term may cross a sample
 boundary). Compared with transformers' torch fallback it computes C Bᵀ once per B/C group instead of once per head
-on copies of B and C (the tiny model: 16 heads, 1 group), the intra-chunk decay sums as one matmul (its backward
+on copies of B and C (the tiny model: 16 heads, 1 group), likewise each chunk's end state (x Bᵀ) and the entering
+state's output (C state) as one matmul per group with the group's heads side by side (0.84-0.93x the time of
+per-head matmuls forward + backward on GRPO's shapes), the intra-chunk decay sums as one matmul (its backward
 too) instead of a masked cumsum, and passes states from chunk to chunk one after the other (as `mamba_ssm` does)
 instead of through an einsum over a (chunks+1) x (chunks+1) decay matrix.
 
