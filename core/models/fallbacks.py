@@ -60,14 +60,14 @@ class FallbackPatch:
         """Where in the chain of ``name`` this patch's function is, or None."""
         return next((i for i, fn in enumerate(self._chain(name)) if getattr(fn, self.mark, False)), None)
 
-    def enable(self, bind: Callable[[str, Callable], Callable]) -> dict[str, bool]:
-        """Install ``bind(name, current)`` for each fallback; returns {name: installed}, False where a real kernel
+    def enable(self, bind: Callable[[str], Callable]) -> dict[str, bool]:
+        """Install ``bind(name)`` for each fallback; returns {name: installed}, False where a real kernel
         is in place and was left alone. The installed function finds what it replaced with `replaced(itself)`."""
         installed = {}
         for name, (package, function) in self.kernels.items():
             current = getattr(self.module, name)
             if self._ours(name) is None and is_torch_fallback(self._chain(name)[-1], package, function):
-                bound = bind(name, current)
+                bound = bind(name)
                 bound.__name__ = bound.__qualname__ = name
                 setattr(bound, self.mark, True)
                 setattr(bound, REPLACED, current)

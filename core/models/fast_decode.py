@@ -174,7 +174,7 @@ def enable_fast_decode() -> dict[str, bool]:
     chunk scan go to the function it replaced, which is `cascade.models.packing`'s if that was enabled first (if
     it is enabled later, it wraps this scan and takes the packed rows before they get here)."""
 
-    def bind(name, current):
+    def bind(name):
         if name not in _UNPACKED_ONLY:
             return _REPLACEMENT[name]
         ours = _UNPACKED_ONLY[name]

@@ -182,7 +182,7 @@ def enable_packed_sequences() -> dict[str, bool]:
     installed}; False means a real kernel (which supports seq_idx natively) is in place and was left alone.
     """
 
-    def bind(name, original):
+    def bind(name):
         replacement = _REPLACEMENT[name]
 
         def bound(*args, **kwargs):
