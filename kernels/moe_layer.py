@@ -107,13 +107,13 @@ def _experts_forward_cpu(hidden, weights, up_proj, down_proj, act, gated, d: Dis
     nv = sum(counts)  # real pairs; padding slots sort after them
     if nv == 0:
         return hidden.new_zeros(t, h)
-    i2 = up_proj.shape[1]  # I, or 2I when gated
-    inter = i2 // 2 if gated else i2
     name = _act_name(act)
     m = max(counts)
     padded = len(counts) * m
     if up_proj.dtype in (torch.float32, torch.float64) and padded <= _PADDED_BELOW and padded <= 2 * nv:
         return _experts_forward_padded(hidden, weights, up_proj, down_proj, name, gated, d, nv, m, acc)
+    i2 = up_proj.shape[1]  # I, or 2I when gated
+    inter = i2 // 2 if gated else i2
     out = torch.zeros(t, h, dtype=acc, device=hidden.device)
     # oneDNN (bf16/fp16) packs the GEMM's right operand on every call: for experts with few rows let that be the
     # tokens, W @ x.T (module docstring)
@@ -167,12 +167,12 @@ def _experts_forward_cpu(hidden, weights, up_proj, down_proj, act, gated, d: Dis
     return out.to(hidden.dtype)
 
 
-def _padded_layout(d: Dispatch, nv: int, m: int, e: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The padded block of `d`'s pairs, [E * m] rows, expert e's pairs in order at rows e*m ...: the token each row
-    reads (t, a zero row, for padding) and each sorted pair's row in the block."""
+def _padded_layout(d: Dispatch, nv: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded block of `d`'s nv real pairs, [E * m] rows, expert e's pairs in order at rows e*m ...: the token
+    each row reads (T, a zero row, for padding) and each sorted pair's row in the block."""
     experts = d.sorted_expert_ids[:nv]
     slot = experts * m + (torch.arange(nv, device=experts.device) - d.offsets[experts])
-    rows = torch.full((e * m,), t, dtype=torch.long, device=experts.device)
+    rows = torch.full((d.num_experts * m,), d.num_tokens, dtype=torch.long, device=experts.device)
     rows[slot] = d.token_ids[:nv]
     return rows, slot
 
@@ -182,10 +182,10 @@ def _experts_forward_padded(hidden, weights, up_proj, down_proj, act, gated, d: 
     (m = the largest expert's count, zero rows after an expert's own), two batched GEMMs for all experts, then the
     same fp32 weight multiply and index_add_ as the per-expert loop, in the same row order (expert-major), so each
     token's sum still runs over its experts in ascending order. A fixed, short op sequence whatever the number of
-    experts, where the loop costs ~8 small ops per expert (measured: 0.6-0.8x its time up to ~600 padded rows)."""
+    experts, where the loop costs ~8 small ops per expert (measured: `_PADDED_BELOW`)."""
     t, h = hidden.shape
     e = up_proj.shape[0]
-    rows, slot = _padded_layout(d, nv, m, e, t)
+    rows, slot = _padded_layout(d, nv, m)
     gate_w = torch.zeros(e * m, 1, dtype=acc, device=hidden.device)
     gate_w[slot, 0] = weights.reshape(-1).to(acc).index_select(0, d.order[:nv])
     x = torch.cat([hidden, hidden.new_zeros(1, h)]).index_select(0, rows).view(e, m, h)

@@ -171,8 +171,8 @@ def enable_fast_decode() -> dict[str, bool]:
 
     Idempotent. Returns {function name: whether ours is installed}; False means a real kernel is in place and was
     left alone. Ours delegate to the original for the cases they do not cover; packed rows (`seq_idx`) in the
-    chunk scan go to the function it replaced, which is `cascade.models.packing`'s if that was enabled first (if
-    it is enabled later, it wraps this scan and takes the packed rows before they get here)."""
+    chunk scan and the conv go to the function each replaced, which is `cascade.models.packing`'s if that was
+    enabled first (if it is enabled later, it wraps ours and takes the packed rows before they get here)."""
 
     def bind(name):
         if name not in _UNPACKED_ONLY:

@@ -111,8 +111,8 @@ def ssd_chunk_scan(
     # state is untouched by them.
     x_dt = chunked(x * dt[..., None]).view(batch, n_chunks, chunk_size, groups, per_group, head_dim)
     x_dt = x_dt.permute(0, 1, 3, 4, 2, 5)  # (b, c, g, h, l, p)
-    B = chunked(B.float()).permute(0, 1, 3, 2, 4).unsqueeze(3)  # (b, c, g, 1, l, n): shared by the group's heads
-    C = chunked(C.float()).permute(0, 1, 3, 2, 4).unsqueeze(3)
+    B = chunked(B.float()).permute(0, 1, 3, 2, 4)  # (b, c, g, l, n): shared by the group's heads
+    C = chunked(C.float()).permute(0, 1, 3, 2, 4)
     A_dt = chunked(A.float() * dt).view(batch, n_chunks, chunk_size, groups, per_group).permute(0, 1, 3, 4, 2)
     A_cumsum = A_dt.cumsum(-1)  # (b, c, g, h, l)
     if segments is not None:
@@ -130,7 +130,7 @@ def ssd_chunk_scan(
     keep = torch.ones(chunk_size, chunk_size, device=x.device, dtype=torch.bool).tril()
     if segments is not None:
         keep = per_position((seg[..., :, None] == seg[..., None, :]) & keep)  # (b, c, 1, 1, l, s)
-    scores = (C @ B.transpose(-1, -2)).masked_fill(~keep, 0)  # (b, c, g, 1, l, s)
+    scores = (C @ B.transpose(-1, -2)).unsqueeze(3).masked_fill(~keep, 0)  # (b, c, g, 1, l, s)
     window_sums = (A_dt @ _window_sum_matrix(chunk_size, x.device)).unflatten(-1, (chunk_size, chunk_size))
     Y = (scores * torch.exp(window_sums)) @ x_dt  # (b, c, g, h, l, p)
 
@@ -141,7 +141,7 @@ def ssd_chunk_scan(
     # one matmul per (batch, chunk, group) with the group's heads side by side, (h p) x l times l x n: B is shared by
     # the heads, and a per-head matmul against B broadcast over them copies B per head, forward and backward
     weighted = (x_dt * decay_to_end[..., None]).permute(0, 1, 2, 4, 3, 5).reshape(*grouped, chunk_size, heads_p)
-    states = (weighted.transpose(-1, -2) @ B[:, :, :, 0]).view(*grouped, per_group, head_dim, state_size)
+    states = (weighted.transpose(-1, -2) @ B).view(*grouped, per_group, head_dim, state_size)
 
     # 3. across chunks, sequentially as mamba_ssm's state passing: state entering chunk c + 1 = the one entering c,
     # decayed over chunk c, plus chunk c's own end state. One step per chunk (a few per row in our workloads).
@@ -168,7 +168,7 @@ def ssd_chunk_scan(
     decay_from_start = torch.exp(A_cumsum)
     if segments is not None:
         decay_from_start = decay_from_start.masked_fill(~per_position(seg == owner[..., None]), 0)
-    from_state = (C[:, :, :, 0] @ states.reshape(*grouped, heads_p, state_size).transpose(-1, -2))  # (b, c, g, l, (h p))
+    from_state = (C @ states.reshape(*grouped, heads_p, state_size).transpose(-1, -2))  # (b, c, g, l, (h p))
     Y = Y + from_state.view(*grouped, chunk_size, per_group, head_dim).transpose(3, 4) * decay_from_start[..., None]
 
     output = Y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n_chunks * chunk_size, heads, head_dim)[:, :seq_len]
