@@ -14,7 +14,7 @@ from cascade.engine.policy import tokenizer_corpus
 from cascade.tokenizer import train_chat_tokenizer
 from cascade_longctx.plugin import NO_THINKING, LongContextEnvironment
 from cascade_longctx.reward import JUDGE_RUBRIC, LongContextMatchReward, appears
-from cascade_longctx.tasks import TASKS, approx_tokens, generate
+from cascade_longctx.tasks import TASKS, WORDS, approx_tokens, generate
 
 
 def episode(sample: Sample, text: str) -> Episode:
@@ -142,7 +142,7 @@ def test_judge_is_named_by_import_path(monkeypatch):
 
 # ---- the tasks: every answer can be read back from its prompt -------------------------------------
 
-NEEDLE = re.compile(r"The special magic number for ([a-z]+-[a-z]+) is (\d+)\.")
+NEEDLE = re.compile(r"The special magic (?:number|word) for ([a-z]+-[a-z]+) is (\d+|[a-z]+)\.")
 ASSIGNMENT = re.compile(r"VAR ([A-Z]{3}) = (\d+|[A-Z]{3})\.")
 DOCUMENT = re.compile(r"Document (\d+): ([A-Za-z]+)\n")
 FACTS = {  # the attribute is the word the question uses
@@ -193,6 +193,7 @@ def read_back(sample: Sample) -> tuple[list[str], set[str]]:
     {},
     {"context_tokens": 1200, "keys": 6, "queries": [1, 2, 3], "chains": 3, "hops": 4, "documents": 5},
     {"context_tokens": 120, "keys": 2, "queries": 2, "chains": 1, "hops": 1, "documents": 2},
+    {"keys": 3, "queries": [1, 2], "values": ["number", "word"]},
 ])
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_every_answer_is_in_its_prompt(options, split):
@@ -209,6 +210,21 @@ def test_every_answer_is_in_its_prompt(options, split):
         for pattern in (NEEDLE, ASSIGNMENT, DOCUMENT, *facts):
             context = pattern.sub("", context)
         assert not re.search(r"\d", context)
+        # nor any word a needle may hold, and no word of the needles' keys is one: a word value in an answer is one
+        assert not set(re.findall(r"[a-z]+", context)) & set(WORDS)
+        assert not {w for k, _ in NEEDLE.findall(sample.messages[0]["content"]) for w in k.split("-")} & set(WORDS)
+
+
+def test_word_values_mix_with_numbers_per_item():
+    mixed = LongContextEnvironment(tasks=["niah"], keys=2, values=["number", "word"]).samples("test", 60, 0)
+    kinds = [s.meta["value"] for s in mixed]
+    assert 15 < kinds.count("word") < 45 and kinds.count("word") + kinds.count("number") == 60
+    for s in mixed:
+        assert all(v.isdigit() == (s.meta["value"] == "number") for v in s.answer["values"] + s.answer["distractors"])
+        assert f"special magic {s.meta['value']}s are hidden" in s.messages[0]["content"]
+        assert s.meta["question"].endswith(f"Answer with the {s.meta['value']}.")
+    # numbers alone (the default) are the items they always were: the option draws nothing then
+    assert LongContextEnvironment(values=["number"]).samples("test", 20, 0) == LongContextEnvironment().samples("test", 20, 0)
 
 
 def test_options_shape_the_tasks():
@@ -221,7 +237,7 @@ def test_options_shape_the_tasks():
     docs = LongContextEnvironment(tasks=["multi_doc_qa"], documents=4).samples("train", 10, 0)
     assert all(len(DOCUMENT.findall(s.messages[0]["content"])) == 4 for s in docs)
     for bad in ({"tasks": ["nope"]}, {"tasks": []}, {"queries": 5}, {"keys": 2, "queries": [3]}, {"hops": 0},
-                {"documents": 0}, {"context_tokens": 0}):
+                {"documents": 0}, {"context_tokens": 0}, {"values": []}, {"values": ["letter"]}):
         with pytest.raises(ValueError):
             LongContextEnvironment(**bad)
 
@@ -270,11 +286,15 @@ def test_splits_share_no_prompt_key_value_or_name():
             out |= set(re.findall(r"The mayor of \w+ is ([A-Z][a-z]+ [A-Z][a-z]+)\.", text))
         return out
 
-    env = LongContextEnvironment(queries=[1, 2])
+    env = LongContextEnvironment(queries=[1, 2], values=["number", "word"])
     train, test = env.samples("train", 300, 0), env.samples("test", 90, 0)
     assert not {s.messages[0]["content"] for s in train} & {s.messages[0]["content"] for s in test}
     train_names, test_names = names(train), names(test)
     assert len(test_names) > 500 and not train_names & test_names
+    # word values are the one pool the splits share (tasks.WORDS): a held-out needle pairs a new key with a word
+    words = {split: {v for s in samples for _, v in NEEDLE.findall(s.messages[0]["content"]) if v.isalpha()}
+             for split, samples in (("train", train), ("test", test))}
+    assert words["train"] | words["test"] <= set(WORDS) and len(words["train"] & words["test"]) > 20
 
 
 def test_generation_is_deterministic_per_seed():
@@ -286,7 +306,7 @@ def test_generation_is_deterministic_per_seed():
 
 
 def test_demonstrations_are_training_prompts_that_score_one():
-    env = LongContextEnvironment(queries=[1, 2])
+    env = LongContextEnvironment(queries=[1, 2], values=["number", "word"])
     demonstrations, samples = env.demonstrations(60, 0), env.samples("train", 60, 1)  # demonstrations use seed + 1
     test_prompts = {s.messages[0]["content"] for s in env.samples("test", 60, 0)}
     reward = LongContextMatchReward()
@@ -300,7 +320,7 @@ def test_demonstrations_are_training_prompts_that_score_one():
         if sample.meta["task"] == "niah":
             keys = re.findall(r"[a-z]+-[a-z]+", sample.meta["question"])
             assert stated == ", ".join(f"{k} is {v}" for k, v in zip(keys, values))
-            assert all(f"The special magic number for {k} is {v}." in prompt for k, v in zip(keys, values))
+            assert all(f"The special magic {sample.meta['value']} for {k} is {v}." in prompt for k, v in zip(keys, values))
         elif sample.meta["task"] == "multi_doc_qa":
             fact = re.sub(r"^Document (\d+): (\w+)\. ", "", stated)
             assert values[0] in fact and fact in prompt

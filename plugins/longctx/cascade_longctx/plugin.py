@@ -21,7 +21,8 @@ class LongContextEnvironment(Environment):
 
     ``context_tokens``: approximate length of the prompt (:func:`cascade_longctx.tasks.approx_tokens`);
     ``tasks``: which kinds to mix, evenly; ``keys`` needles per haystack, ``queries`` how many of them one
-    question asks (one count, or a list to draw from); ``chains`` and ``hops`` of variable tracking;
+    question asks (one count, or a list to draw from); ``values``: the kinds of niah's values, drawn per item
+    (``number``, five digits; ``word``, a lower-case name or thing); ``chains`` and ``hops`` of variable tracking;
     ``documents`` per multi-document question; ``demonstration_context_tokens``: the lengths SFT's
     demonstrations are generated at (one, or a list they are spread over evenly; default ``context_tokens``).
     Shorter contexts pack several demonstrations to a row and leave less filler between the question and its
@@ -30,13 +31,13 @@ class LongContextEnvironment(Environment):
 
     def __init__(self, context_tokens: int = 400, tasks: Sequence[str] = TASKS, keys: int = 4,
                  queries: int | Sequence[int] = 1, chains: int = 2, hops: int = 2, documents: int = 3,
-                 demonstration_context_tokens: int | Sequence[int] | None = None):
+                 demonstration_context_tokens: int | Sequence[int] | None = None, values: Sequence[str] = ("number",)):
         self.tasks = list(tasks)
         if not self.tasks or set(self.tasks) - set(TASKS):
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(tasks)}")
         self.options = {"context_tokens": int(context_tokens), "keys": int(keys),
                         "queries": [int(queries)] if isinstance(queries, int) else [int(q) for q in queries],
-                        "chains": int(chains), "hops": int(hops), "documents": int(documents)}
+                        "chains": int(chains), "hops": int(hops), "documents": int(documents), "values": list(values)}
         lengths = context_tokens if demonstration_context_tokens is None else demonstration_context_tokens
         self.demonstration_lengths = [int(lengths)] if isinstance(lengths, int) else [int(x) for x in lengths]
         if not self.demonstration_lengths:
@@ -55,7 +56,7 @@ class LongContextEnvironment(Environment):
         return [
             Sample(id=t.id, domain=self.domain, messages=[{"role": "user", "content": t.prompt}],
                    answer={"values": list(t.values), "distractors": list(t.distractors)},
-                   meta={"task": t.kind, "question": t.question, "depth": t.depth})
+                   meta={"task": t.kind, "question": t.question, "depth": t.depth, "value": t.value_kind})
             for t in self.items(split, n, seed)
         ]
 

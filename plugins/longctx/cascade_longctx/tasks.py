@@ -6,6 +6,7 @@ Three kinds, each a few facts hidden in generated filler sentences, then a quest
                        ... The special magic number for amber-falcon is 48213. ...
                        What is the special magic number for amber-falcon? Answer with the number.
                        -> Answer: amber-falcon is 48213
+                       (``values: [word]``: "The special magic word for amber-falcon is lena." ...)
     variable_tracking  ... VAR QXT = 30517. ... VAR BMR = QXT. ... VAR ZKA = BMR. ...
                        Which variables are assigned the value 30517? Answer with the names.
                        -> Answer: QXT, BMR, ZKA
@@ -77,6 +78,8 @@ class LongContextTask:
     """Where the (first) asked fact sits in the context: 0 = start, 1 = end."""
     stated: str
     """What a demonstration answers after ``Answer: ``: the values, each after the context's words for it."""
+    value_kind: str
+    """What the asked values are: number, word (niah), variable (variable tracking), person or number (documents)."""
 
     @property
     def answer(self) -> str:
@@ -150,10 +153,11 @@ _LAST_NAMES = ["Reyes", "Marsh", "Holt", "Quinn", "Baker", "Novak", "Ortiz", "Fi
 
 
 def _draw(rng: random.Random, make: Callable[[random.Random], str], split: str, pool: str, taken: set[str]) -> str:
-    """A fresh name of ``split``'s share of ``pool`` (not in ``taken``, which it joins)."""
+    """A fresh name of ``split``'s share of ``pool`` (not in ``taken``, which it joins); the ``word`` pool is
+    shared by the splits (see ``WORDS``)."""
     for _ in range(_MAX_DRAWS):
         name = make(rng)
-        if name not in taken and split_of(name, f"{_SALT}/{pool}") == split:
+        if name not in taken and (pool == "word" or split_of(name, f"{_SALT}/{pool}") == split):
             taken.add(name)
             return name
     raise ValueError(f"the {split} share of the {pool} pool ran out of names: ask for fewer keys or documents")
@@ -183,10 +187,26 @@ def _person(rng: random.Random) -> str:
 
 _VALUE = _number(10000, 99999)  # five digits: five tokens, short enough for a tiny model to copy
 
+# Word values for niah (``values: [word]``): lower-case names and things, none a word of the filler, the keys or
+# the templates, so a word found in an answer is always one of the needles' values. Copying a word is what tool
+# arguments (an addressee, a subject) need; in the default's SFT, word needles did not teach tool calling to
+# copy them (README, "Retrieval with word values").
+# Unlike every other pool, the splits share it, as the workplace's names are shared: a held-out item pairs its
+# (held-out) keys with words seen in training. With words split too, the model built from scratch answered a
+# held-out needle with a training word every time (31 of 31): it never saw the held-out words anywhere, and
+# copying a token also needs the token to be learned, which digits, shared by every number, always are.
+WORDS = ["ada", "bram", "cleo", "dax", "elsa", "finn", "gwen", "hank", "ilse", "jude", "kurt", "lena", "milo",
+         "nora", "otto", "pia", "rafe", "sven", "tara", "uli", "wren", "yara", "zeke", "bella", "cosmo", "dina",
+         "ezra", "faye", "gil", "hedy", "anchor", "basket", "candle", "drum", "feather", "globe", "hammer", "jar",
+         "kite", "ladder", "mirror", "paddle", "rope", "spoon", "trumpet", "umbrella", "wagon", "whistle", "button",
+         "compass", "engine", "funnel", "helmet", "jacket", "magnet", "napkin", "pencil", "ribbon", "scarf",
+         "thimble", "bucket", "carpet", "ferry", "goblet", "hatchet", "kayak", "locket", "mitten", "noodle", "puzzle"]
+VALUE_KINDS = {"number": _VALUE, "word": lambda rng: rng.choice(WORDS)}
+
 
 # ---- the three kinds ---------------------------------------------------------------------------------
 
-NIAH_INTRO = "Some special magic numbers are hidden in the text below. Find them."
+NIAH_INTRO = "Some special magic {kind}s are hidden in the text below. Find them."
 VT_INTRO = "Memorize the variable assignments in the text below."
 QA_INTRO = "Answer the question about the documents below."
 
@@ -195,24 +215,25 @@ def _join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def niah(rng: random.Random, split: str, context_tokens: int, keys: int, queries: int) -> tuple:
-    """Multi-key needle in a haystack: ``keys`` needles, ``queries`` of them asked."""
+def niah(rng: random.Random, split: str, context_tokens: int, keys: int, queries: int, kind: str = "number") -> tuple:
+    """Multi-key needle in a haystack: ``keys`` needles, ``queries`` of them asked; values of ``kind`` (number, word)."""
     taken: set[str] = set()
     names = [_draw(rng, _key, split, "key", taken) for _ in range(keys)]
-    values = [_draw(rng, _VALUE, split, "number", taken) for _ in range(keys)]
-    needles = [f"The special magic number for {k} is {v}." for k, v in zip(names, values)]
+    values = [_draw(rng, VALUE_KINDS[kind], split, kind, taken) for _ in range(keys)]
+    needles = [f"The special magic {kind} for {k} is {v}." for k, v in zip(names, values)]
     asked = rng.sample(range(keys), queries)
     if queries == 1:
-        question = f"What is the special magic number for {names[asked[0]]}? Answer with the number."
+        question = f"What is the special magic {kind} for {names[asked[0]]}? Answer with the {kind}."
     else:
-        question = (f"What are the special magic numbers for {_join([names[i] for i in asked])}? "
-                    "Answer with the numbers, in that order.")
-    budget = context_tokens - approx_tokens(f"{NIAH_INTRO}\n\n{' '.join(needles)}\n\n{question}")
+        question = (f"What are the special magic {kind}s for {_join([names[i] for i in asked])}? "
+                    f"Answer with the {kind}s, in that order.")
+    intro = NIAH_INTRO.format(kind=kind)
+    budget = context_tokens - approx_tokens(f"{intro}\n\n{' '.join(needles)}\n\n{question}")
     context = fill(rng, needles, budget)
     expected = tuple(values[i] for i in asked)
-    return (f"{NIAH_INTRO}\n\n{context}\n\n{question}", question, expected,
+    return (f"{intro}\n\n{context}\n\n{question}", question, expected,
             tuple(v for v in values if v not in expected), _depth(context, needles[asked[0]]),
-            ", ".join(f"{names[i]} is {values[i]}" for i in asked))
+            ", ".join(f"{names[i]} is {values[i]}" for i in asked), kind)
 
 
 def variable_tracking(rng: random.Random, split: str, context_tokens: int, chains: int, hops: int) -> tuple:
@@ -230,7 +251,8 @@ def variable_tracking(rng: random.Random, split: str, context_tokens: int, chain
     budget = context_tokens - approx_tokens(f"{VT_INTRO}\n\n{' '.join(facts)}\n\n{question}")
     context = fill(rng, facts, budget)
     return (f"{VT_INTRO}\n\n{context}\n\n{question}", question, tuple(names[0]),
-            tuple(n for chain in names[1:] for n in chain), _depth(context, statements[0][0]), ", ".join(names[0]))
+            tuple(n for chain in names[1:] for n in chain), _depth(context, statements[0][0]), ", ".join(names[0]),
+            "variable")
 
 
 class Attribute(NamedTuple):
@@ -279,15 +301,17 @@ def multi_doc_qa(rng: random.Random, split: str, context_tokens: int, documents:
     budget = (context_tokens - fixed) // documents
     context = "\n\n".join(f"{head} {fill(rng, body, budget)}" for head, body in zip(heads, bodies))
     return (f"{QA_INTRO}\n\n{context}\n\n{question}", question, (expected,),
-            tuple(v for v in facts.values() if v != expected), _depth(context, fact), stated)
+            tuple(v for v in facts.values() if v != expected), _depth(context, fact), stated, asked.pool)
 
 
 # ---- generation ----------------------------------------------------------------------------------
 
 
 def check_options(context_tokens: int, keys: int, queries: Sequence[int], chains: int, hops: int,
-                  documents: int) -> None:
+                  documents: int, values: Sequence[str] = ("number",)) -> None:
     """Raise ValueError naming the first option that cannot work."""
+    if not values or set(values) - set(VALUE_KINDS):
+        raise ValueError(f"values must be a non-empty list of {sorted(VALUE_KINDS)}, got {list(values)}")
     if context_tokens < 1:
         raise ValueError(f"context_tokens must be positive, got {context_tokens}")
     if not queries or any(not 1 <= q <= keys for q in queries):
@@ -299,21 +323,24 @@ def check_options(context_tokens: int, keys: int, queries: Sequence[int], chains
 
 def generate(kind: str, split: str, n: int, seed: int, context_tokens: int = 400, keys: int = 4,
              queries: Sequence[int] = (1,), chains: int = 2, hops: int = 2,
-             documents: int = 3) -> list[LongContextTask]:
-    """Up to ``n`` distinct tasks of ``kind`` and ``split``; same arguments, same list (module docstring)."""
+             documents: int = 3, values: Sequence[str] = ("number",)) -> list[LongContextTask]:
+    """Up to ``n`` distinct tasks of ``kind`` and ``split``; same arguments, same list (module docstring).
+    ``values``: the kinds niah's values are drawn from, one per item (number, word)."""
     if kind not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {kind!r}")
-    check_options(context_tokens, keys, queries, chains, hops, documents)
-    queries = list(queries)
+    check_options(context_tokens, keys, queries, chains, hops, documents, values)
+    queries, values = list(queries), list(values)
     make = {
-        "niah": lambda rng: niah(rng, split, context_tokens, keys, rng.choice(queries)),
+        # one value kind draws nothing: the items of number-only options stay what they were
+        "niah": lambda rng: niah(rng, split, context_tokens, keys, rng.choice(queries),
+                                 rng.choice(values) if len(values) > 1 else values[0]),
         "variable_tracking": lambda rng: variable_tracking(rng, split, context_tokens, chains, hops),
         "multi_doc_qa": lambda rng: multi_doc_qa(rng, split, context_tokens, documents),
     }[kind]
 
     def task(rng: random.Random) -> LongContextTask:
-        prompt, question, values, distractors, depth, stated = make(rng)
-        return LongContextTask(item_id(f"longctx-{kind}", prompt), kind, prompt, question, values, distractors, depth, stated)
+        prompt, *fields = make(rng)
+        return LongContextTask(item_id(f"longctx-{kind}", prompt), kind, prompt, *fields)
 
-    options = f"{context_tokens}/{keys}/{queries}/{chains}/{hops}/{documents}"
+    options = f"{context_tokens}/{keys}/{queries}/{chains}/{hops}/{documents}" + ("" if values == ["number"] else f"/{values}")
     return generate_items(task, lambda t: t.prompt, split, n, seed, f"{_SALT}/{kind}/{options}")
