@@ -18,7 +18,7 @@ from cascade.engine.rollout import HFRolloutEngine, collect_episodes, generation
 from cascade.engine.sft import Packed, SFTStage, pack, tokenize_conversation
 from cascade.engine.trainer import NonFiniteLossError, OptimConfig, Trainer, token_logprobs
 from cascade.models.packing import packed_inputs
-from cascade.types import Generation, RolloutEngine, SamplingParams
+from cascade.types import Checkpoint, Generation, RolloutEngine, SamplingParams
 
 
 class Arithmetic(Environment):
@@ -300,6 +300,38 @@ def test_sft_loss_projects_only_the_supervised_positions_with_the_same_loss_and_
         if p.grad is not None:
             torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
     policy.model.zero_grad()
+
+
+def test_sft_autocast_runs_the_products_in_bf16_and_keeps_fp32_weights_and_gradients(policy):
+    """``autocast: bfloat16``: the linear layers compute in bf16 (their outputs say so), the loss and every gradient
+    stay fp32 and within bf16 rounding of the fp32 ones; an unknown precision is refused by name."""
+    demos = Arithmetic().demonstrations(2, 2)
+    (a, ma), (b, mb) = [tokenize_conversation(policy.tokenizer, d) for d in demos]
+    rows = [Packed(a + b, ma + mb, [len(a), len(b)])]
+    total = sum(ma[1:]) + sum(mb)
+    trainer = Trainer(policy, OptimConfig(), 1)
+    results = {}
+    for autocast in (None, "bfloat16"):
+        dtypes = []
+        handle = policy.model.get_output_embeddings().register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+        try:
+            loss = SFTStage.loss(policy.model, rows, trainer, total, autocast)
+        finally:
+            handle.remove()
+        loss.backward()
+        results[autocast] = (loss.detach(), dtypes, {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None})
+        policy.model.zero_grad()
+    (fp32_loss, fp32_dtypes, fp32_grads), (bf16_loss, bf16_dtypes, bf16_grads) = results[None], results["bfloat16"]
+    assert fp32_dtypes == [torch.float32] and bf16_dtypes == [torch.bfloat16]
+    assert bf16_loss.dtype == torch.float32 and bf16_loss.item() != fp32_loss.item()
+    assert bf16_loss.item() == pytest.approx(fp32_loss.item(), rel=2e-2)
+    assert bf16_grads.keys() == fp32_grads.keys()
+    for name, grad in bf16_grads.items():
+        assert grad.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(grad.flatten(), fp32_grads[name].flatten(), dim=0) > 0.95, name
+    stage = SFTStage("sft", SFTStage.Config(autocast="float16"), ["sums"])
+    with pytest.raises(ConfigError, match="sft.autocast: 'float16' is not one of None, bfloat16"):
+        stage.run(Checkpoint("init", "unused"), SimpleNamespace())
 
 
 def test_rows_for_step_depend_only_on_seed_and_step():

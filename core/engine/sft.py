@@ -22,6 +22,9 @@ from cascade.models.packing import enable_packed_sequences, packed_inputs
 from cascade.types import Checkpoint, Stage
 
 
+AUTOCAST = {None: None, "bfloat16": torch.bfloat16}
+
+
 @dataclass
 class Packed:
     """One row: concatenated conversations, which tokens are trained on, and the sample lengths."""
@@ -65,11 +68,16 @@ class SFTStage(Stage):
         times (default 1): 3 repeats them three times, 0.5 asks the domain for half as many, 0 for none."""
         optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, min_lr=5e-6, warmup_steps=200))
         checkpoint_every: int = 50
+        autocast: str | None = None
+        """``bfloat16``: mixed precision, the forward's matrix products in bf16 (``torch.autocast``) while the weights,
+        gradients and optimizer stay in the model's dtype. None: everything in the model's dtype."""
 
     def run(self, start: Checkpoint, context) -> Checkpoint:
         cfg = self.config
         if cfg.rows_per_step % cfg.micro_rows:
             raise ConfigError(f"{self.name}: rows_per_step ({cfg.rows_per_step}) must be a multiple of micro_rows ({cfg.micro_rows})")
+        if cfg.autocast not in AUTOCAST:
+            raise ConfigError(f"{self.name}.autocast: '{cfg.autocast}' is not one of {', '.join(map(str, AUTOCAST))}")
         policy = load_policy(start.path, context.config.model.dtype)
         rows = self.rows(policy.tokenizer, context)
         trainer = Trainer(policy, cfg.optim, cfg.steps)
@@ -80,7 +88,7 @@ class SFTStage(Stage):
             total_tokens = sum(sum(r.loss_mask[1:]) for r in batch)
             loss_sum = 0.0
             for i in range(0, len(batch), cfg.micro_rows):
-                loss = self.loss(policy.model, batch[i:i + cfg.micro_rows], trainer, total_tokens)
+                loss = self.loss(policy.model, batch[i:i + cfg.micro_rows], trainer, total_tokens, cfg.autocast)
                 check_finite(loss, n)
                 loss.backward()
                 loss_sum += loss.item()
@@ -125,7 +133,7 @@ class SFTStage(Stage):
         return picked
 
     @staticmethod
-    def loss(model, rows: list[Packed], trainer: Trainer, total_tokens: int) -> torch.Tensor:
+    def loss(model, rows: list[Packed], trainer: Trainer, total_tokens: int, autocast: str | None = None) -> torch.Tensor:
         width = max(len(r.token_ids) for r in rows)
         pad = trainer.policy.pad_id
         input_ids = right_pad([r.token_ids for r in rows], pad, width)
@@ -136,7 +144,7 @@ class SFTStage(Stage):
         is_target = mask[:, 1:].bool()
         predicts_target = torch.zeros_like(mask, dtype=torch.bool)
         predicts_target[:, :-1] = is_target  # position t is scored on token t + 1
-        with logits_only_at(model, predicts_target):
+        with logits_only_at(model, predicts_target), torch.autocast(model.device.type, AUTOCAST[autocast], enabled=autocast is not None):
             logits = model(input_ids=input_ids, position_ids=position_ids, seq_idx=seq_idx, use_cache=False).logits.float()
         nll = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][is_target], reduction="sum")
         return nll / max(1, total_tokens)
