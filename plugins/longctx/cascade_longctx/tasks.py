@@ -152,12 +152,13 @@ _LAST_NAMES = ["Reyes", "Marsh", "Holt", "Quinn", "Baker", "Novak", "Ortiz", "Fi
                "Engel", "Farrow", "Grove", "Hale", "Ivers", "Janssen", "Kemp", "Lowe"]
 
 
-def _draw(rng: random.Random, make: Callable[[random.Random], str], split: str, pool: str, taken: set[str]) -> str:
-    """A fresh name of ``split``'s share of ``pool`` (not in ``taken``, which it joins); the ``word`` pool is
-    shared by the splits (see ``WORDS``)."""
+def _draw(rng: random.Random, make: Callable[[random.Random], str], split: str, pool: str, taken: set[str],
+          shared: bool = False) -> str:
+    """A fresh name of ``split``'s share of ``pool`` (not in ``taken``, which it joins); of the whole pool if it is
+    ``shared`` by the splits (the word values, see ``WORDS``)."""
     for _ in range(_MAX_DRAWS):
         name = make(rng)
-        if name not in taken and (pool == "word" or split_of(name, f"{_SALT}/{pool}") == split):
+        if name not in taken and (shared or split_of(name, f"{_SALT}/{pool}") == split):
             taken.add(name)
             return name
     raise ValueError(f"the {split} share of the {pool} pool ran out of names: ask for fewer keys or documents")
@@ -201,7 +202,8 @@ WORDS = ["ada", "bram", "cleo", "dax", "elsa", "finn", "gwen", "hank", "ilse", "
          "kite", "ladder", "mirror", "paddle", "rope", "spoon", "trumpet", "umbrella", "wagon", "whistle", "button",
          "compass", "engine", "funnel", "helmet", "jacket", "magnet", "napkin", "pencil", "ribbon", "scarf",
          "thimble", "bucket", "carpet", "ferry", "goblet", "hatchet", "kayak", "locket", "mitten", "noodle", "puzzle"]
-VALUE_KINDS = {"number": _VALUE, "word": lambda rng: rng.choice(WORDS)}
+VALUE_KINDS = {"number": (_VALUE, False), "word": (lambda rng: rng.choice(WORDS), True)}
+"""niah's value kinds: how a value is drawn, and whether the splits share the pool."""
 
 
 # ---- the three kinds ---------------------------------------------------------------------------------
@@ -219,7 +221,8 @@ def niah(rng: random.Random, split: str, context_tokens: int, keys: int, queries
     """Multi-key needle in a haystack: ``keys`` needles, ``queries`` of them asked; values of ``kind`` (number, word)."""
     taken: set[str] = set()
     names = [_draw(rng, _key, split, "key", taken) for _ in range(keys)]
-    values = [_draw(rng, VALUE_KINDS[kind], split, kind, taken) for _ in range(keys)]
+    make, shared = VALUE_KINDS[kind]
+    values = [_draw(rng, make, split, kind, taken, shared) for _ in range(keys)]
     needles = [f"The special magic {kind} for {k} is {v}." for k, v in zip(names, values)]
     asked = rng.sample(range(keys), queries)
     if queries == 1:
